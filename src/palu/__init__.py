@@ -1,0 +1,3 @@
+"""palu: targeted unlearning for large language models."""
+
+__version__ = "0.1.0"

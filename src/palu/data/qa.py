@@ -1,0 +1,58 @@
+"""The one record every stage passes around: a question, its answer and the answer's sensitive spans."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from palu.errors import PaluError
+
+
+@dataclass(frozen=True)
+class Span:
+    """A sensitive span: character offsets ``[start, end)`` into the answer."""
+
+    start: int
+    end: int
+
+    def text(self, answer: str) -> str:
+        return answer[self.start : self.end]
+
+
+@dataclass
+class QAItem:
+    """One question/answer pair, with what evaluation and unlearning may need of it.
+
+    ``source`` says where the item came from (``file:line`` or ``dataset[index]``) so that
+    every error about it can name it.
+    """
+
+    question: str
+    answer: str
+    spans: list[Span] = field(default_factory=list)
+    paraphrased_answer: str | None = None
+    perturbed_answers: list[str] = field(default_factory=list)
+    paraphrased_question: str | None = None
+    group: str | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        where = self.source or "a QA item"
+        if not isinstance(self.question, str) or not self.question.strip():
+            raise PaluError(f"{where}: the question is empty; give every item a non-empty question.")
+        if not isinstance(self.answer, str) or not self.answer.strip():
+            raise PaluError(f"{where}: the answer is empty; give every item a non-empty answer.")
+        for span in self.spans:
+            if not (0 <= span.start < span.end <= len(self.answer)):
+                raise PaluError(
+                    f"{where}: span [{span.start}, {span.end}) lies outside its answer "
+                    f"(length {len(self.answer)}); fix the offsets or re-anchor the span."
+                )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict) -> QAItem:
+        row = dict(row)
+        row["spans"] = [Span(**s) if isinstance(s, dict) else Span(*s) for s in row.get("spans", [])]
+        return cls(**row)

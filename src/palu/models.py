@@ -1,0 +1,83 @@
+"""Models and tokenizers: hub or local checkpoints, or a tiny Llama built from scratch.
+
+The from-scratch path (a byte-level BPE trained on the data plus a small Llama config) is what
+lets the whole TOFU protocol run offline on a CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from palu.errors import PaluError
+
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+
+
+def train_bpe_tokenizer(texts, vocab_size: int = 8000) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (GPT-2 style, no chat template) trained on ``texts``.
+
+    Encoding with special tokens prepends BOS, as Llama tokenizers do.
+    """
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = list(SPECIAL_TOKENS.values())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    bos = SPECIAL_TOKENS["bos_token"]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+
+
+def tiny_llama(vocab_size: int, hidden: int = 256, layers: int = 4, heads: int = 4, max_positions: int = 512,
+               tokenizer=None, seed: int = 0) -> LlamaForCausalLM:
+    """A randomly initialised small Llama (about 5M parameters at the defaults and an 8k vocabulary)."""
+    kwargs = {}
+    if tokenizer is not None:
+        kwargs = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3 // 8 * 8,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+        **kwargs,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def load_tokenizer(name_or_path: str):
+    """A fast tokenizer from the hub or a folder, with a pad token set (EOS when it has none)."""
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
+    except OSError as exc:
+        raise PaluError(f"cannot load the tokenizer {name_or_path!r}: {exc}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str, dtype: str = "auto"):
+    """A causal LM from the hub or a folder, on the CPU, in ``dtype`` ("auto", "float32", "bfloat16")."""
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype)
+    except OSError as exc:
+        hint = "" if Path(name_or_path).exists() else " (is it a hub id you can reach, or a folder that exists?)"
+        raise PaluError(f"cannot load the model {name_or_path!r}{hint}: {exc}") from None
