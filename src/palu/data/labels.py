@@ -6,6 +6,7 @@ losses shift the class tensor themselves, so everything here stays aligned with 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,8 @@ import torch
 from palu.data.prompts import PromptConfig, answer_ids_and_offsets, prompt_ids
 from palu.data.qa import QAItem, Span
 from palu.errors import PaluError
+
+log = logging.getLogger(__name__)
 
 PROMPT, SENSITIVE, ORDINARY = 0, 1, 2
 IGNORE_INDEX = -100
@@ -112,3 +115,13 @@ def select_prefix(token_class: torch.Tensor, span_id: torch.Tensor, first_n: int
     pos = torch.arange(token_class.shape[1], device=token_class.device).expand_as(token_class)
     run_start = torch.cummax(torch.where(starts, pos, torch.zeros_like(pos)), dim=1).values
     return sensitive & (pos - run_start < first_n)
+
+
+def encode_all(tokenizer, items: list[QAItem], prompt: PromptConfig, max_length: int) -> list[Encoded]:
+    """Encode many items; cutting over-long answers is reported once, with a count."""
+    encoded = [encode(tokenizer, item, prompt, max_length) for item in items]
+    cut = [item.source for item, e in zip(items, encoded) if e.truncated]
+    if cut:
+        log.warning("%d of %d examples are longer than max_length=%d and were cut at the end (first: %s); "
+                    "raise max_length to keep them whole.", len(cut), len(items), max_length, cut[0])
+    return encoded

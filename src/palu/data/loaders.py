@@ -1,0 +1,283 @@
+"""Loading QA items from the hub, a folder of TOFU-format files or a single file.
+
+Every later stage trusts a ``QAItem``, so bad input is caught here: each error names the file and
+line (or hub row) and says which option or fix cures it, instead of surfacing as a KeyError deep
+inside training.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+from palu.data.qa import QAItem, Span
+from palu.errors import PaluError
+
+FORMATS = (".json", ".jsonl", ".parquet", ".csv")  # also the lookup order for a folder + split
+ANNOTATION_SPANS_FIELD = "target_words"  # TOFU/PALU span-annotation files: [{"word", "start", "end"}]
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+Row = tuple[str, object]  # (where it came from, the raw row)
+
+
+@dataclass
+class DataSource:
+    """Where QA items come from and which fields hold what; the defaults are TOFU's field names.
+
+    Attributes:
+        path: a hub dataset id ("locuslab/TOFU"), a local folder of TOFU-format files, or one
+            .json/.jsonl/.csv/.parquet file. A path that does not exist locally and looks like
+            ``owner/name`` is read as a hub id.
+        split: with a hub id, the config name; with a folder, the file stem ("forget05",
+            "retain_perturbed", "forget05_perturbed"). Ignored for a single file.
+        question_field: the field holding the question.
+        answer_field: the field holding the answer (the text that spans index into).
+        paraphrased_answer_field: optional; a paraphrase of the answer (TOFU truth ratio).
+        perturbed_answers_field: optional; wrong answers, a list or a single string.
+        paraphrased_question_field: optional; a paraphrase of the question.
+        spans_field: optional; a list of ``{"start", "end"}`` (or ``{"word", "start", "end"}``)
+            character offsets into the answer. Rows without it fall back to the annotation
+            files' ``target_words`` field.
+        limit: keep only the first N items (all when None).
+    """
+
+    path: str
+    split: str | None = None
+    question_field: str = "question"
+    answer_field: str = "answer"
+    paraphrased_answer_field: str = "paraphrased_answer"
+    perturbed_answers_field: str = "perturbed_answer"
+    paraphrased_question_field: str = "paraphrased_question"
+    spans_field: str = "spans"
+    limit: int | None = None
+
+
+def load_qa(source: DataSource) -> list[QAItem]:
+    """Load and validate the QA items ``source`` points at.
+
+    Each item's ``source`` is ``file:line`` for JSON Lines, ``file:row`` (1-based) for JSON
+    arrays, CSV and Parquet, and ``hub_id/split[index]`` (0-based) for hub rows.
+    """
+    if source.limit is not None and source.limit < 0:
+        raise PaluError(f"limit must be a non-negative number of items or None, not {source.limit}.")
+    rows, label = _rows(source)
+    items = [_to_item(row, where, source) for where, row in islice(rows, source.limit)]
+    if not items and source.limit != 0:
+        raise PaluError(f"{label}: no QA rows found; point path (and split) at a file that holds some.")
+    return items
+
+
+def load_lines(path: str | Path) -> list[str]:
+    """One entry per non-blank line of a plain-text file (e.g. TOFU's idontknow.jsonl refusals).
+
+    Lines may be plain text or JSON strings (``"I don't know."``); both give the bare text.
+    """
+    path = Path(path)
+    lines = []
+    for raw in _read_text(path).split("\n"):
+        line = raw.strip()
+        if line.startswith('"'):
+            try:
+                decoded = json.loads(line)
+            except json.JSONDecodeError:
+                decoded = None  # plain text that happens to start with a quote
+            if isinstance(decoded, str):
+                line = decoded
+        if line:
+            lines.append(line)
+    if not lines:
+        raise PaluError(f"{path}: holds no lines; write one entry per line.")
+    return lines
+
+
+def _rows(source: DataSource) -> tuple[Iterator[Row], str]:
+    """The raw rows ``source`` points at, and a label naming it for errors."""
+    path = Path(source.path).expanduser()
+    if path.is_dir():
+        path = _split_file(path, source.split)
+    if path.is_file():
+        return _file_rows(path, source), str(path)
+    if HUB_ID.match(source.path) and path.suffix.lower() not in FORMATS:
+        label = f"{source.path}/{source.split}" if source.split else source.path
+        return _hub_rows(source, label), label
+    raise PaluError(
+        f"{source.path}: no such file or folder; point path at a .json/.jsonl/.csv/.parquet file, "
+        "a folder of them (with split), or a hub id such as locuslab/TOFU."
+    )
+
+
+def _split_file(folder: Path, split: str | None) -> Path:
+    available = sorted({p.stem for p in folder.iterdir() if p.suffix.lower() in FORMATS})
+    listing = ", ".join(available) or "none (no .json/.jsonl/.parquet/.csv files there)"
+    if split is None:
+        raise PaluError(f"{folder} is a folder; set split to the file to load, one of: {listing}.")
+    for suffix in FORMATS:
+        candidate = folder / f"{split}{suffix}"
+        if candidate.is_file():
+            return candidate
+    raise PaluError(f"{folder}: no file for split '{split}' ({split}.json, .jsonl, .parquet or .csv); "
+                    f"splits there: {listing}.")
+
+
+def _file_rows(path: Path, source: DataSource) -> Iterator[Row]:
+    suffix = path.suffix.lower()
+    if suffix in (".json", ".jsonl"):
+        return _json_rows(path)
+    if suffix == ".csv":
+        return _csv_rows(path, (source.perturbed_answers_field, source.spans_field, ANNOTATION_SPANS_FIELD))
+    if suffix == ".parquet":
+        return _parquet_rows(path)
+    raise PaluError(f"{path}: unsupported file type '{path.suffix}'; use .json, .jsonl, .csv or .parquet "
+                    "(for plain text with one entry per line, use load_lines).")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PaluError(f"{path}: cannot read it ({e.strerror or e}); check the path.") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise PaluError(f"{path}:{line}: not UTF-8 text; re-save the file as UTF-8.") from None
+
+
+def _json_rows(path: Path) -> Iterator[Row]:
+    """A JSON array or JSON Lines, told apart by content: TOFU's .json files are JSON Lines."""
+    text = _read_text(path)
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PaluError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno}); "
+                            "fix the file.") from None
+        for i, row in enumerate(rows, 1):
+            yield f"{path}:{i}", row
+        return
+    # split("\n"), not splitlines(): JSON strings may hold raw U+2028 and other line breaks.
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PaluError(f"{path}:{lineno}: not a valid JSON line ({e.msg}, column {e.colno}); "
+                            "each line must hold one JSON object: fix or remove this line.") from None
+        yield f"{path}:{lineno}", row
+
+
+def _csv_rows(path: Path, list_fields: tuple[str, ...]) -> Iterator[Row]:
+    """CSV rows as strings; cells of list-valued fields may hold JSON lists (CSV has no lists)."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        return
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise PaluError(f"{path}: cannot read it as CSV ({e}); fix the file or save it as JSON Lines.") from None
+    for i, row in enumerate(frame.to_dict("records"), 1):
+        where = f"{path}:{i}"
+        for name in list_fields:
+            cell = row.get(name)
+            if isinstance(cell, str) and cell.lstrip().startswith("["):
+                try:
+                    row[name] = json.loads(cell)
+                except json.JSONDecodeError as e:
+                    raise PaluError(f"{where}: the '{name}' cell is not a valid JSON list ({e.msg}); "
+                                    'write it as JSON, e.g. ["first", "second"].') from None
+        yield where, row
+
+
+def _parquet_rows(path: Path) -> Iterator[Row]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except pa.ArrowException as e:
+        raise PaluError(f"{path}: cannot read it as Parquet ({e}); check that it is a Parquet file.") from None
+    for i, row in enumerate(table.to_pylist(), 1):
+        yield f"{path}:{i}", row
+
+
+def _hub_rows(source: DataSource, label: str) -> Iterator[Row]:
+    import datasets  # imported here: it is slow to import and only the hub path needs it
+
+    try:
+        dataset = datasets.load_dataset(source.path, source.split, split="train")
+    except Exception as e:  # offline, unknown id or config: all mean "use a local copy"
+        raise PaluError(
+            f"{label}: not a local file or folder, so it was loaded as a Hugging Face hub "
+            f"dataset, which failed ({type(e).__name__}: {e}). If you are offline you cannot reach the Hugging "
+            "Face hub; download it or point path at a local folder such as ../shared/data/tofu."
+        ) from e
+    for i, row in enumerate(dataset):
+        yield f"{label}[{i}]", row
+
+
+def _to_item(row: object, where: str, source: DataSource) -> QAItem:
+    if not isinstance(row, dict):
+        raise PaluError(f"{where}: expected an object with a question and an answer, got {type(row).__name__}; "
+                        "write one object per row.")
+    return QAItem(
+        question=_required(row, source.question_field, "question_field", where),
+        answer=_required(row, source.answer_field, "answer_field", where),
+        spans=_spans(row, source.spans_field, where),
+        paraphrased_answer=_text(row.get(source.paraphrased_answer_field), source.paraphrased_answer_field, where),
+        perturbed_answers=_answers(row.get(source.perturbed_answers_field), source.perturbed_answers_field, where),
+        paraphrased_question=_text(row.get(source.paraphrased_question_field), source.paraphrased_question_field,
+                                   where),
+        source=where,
+    )
+
+
+def _required(row: dict, name: str, option: str, where: str) -> str | None:
+    if name not in row:
+        fields = ", ".join(map(str, row)) or "none"
+        raise PaluError(f"{where}: no '{name}' field (the row has: {fields}); "
+                        f"set {option} to the field that holds it.")
+    return _text(row[name], name, where)  # an empty value is left to QAItem, which reports it
+
+
+def _text(value: object, name: str, where: str) -> str | None:
+    """Optional text; an empty CSV cell counts as absent."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise PaluError(f"{where}: '{name}' should be text, got {type(value).__name__} {value!r:.60}; quote it.")
+    return value
+
+
+def _answers(value: object, name: str, where: str) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise PaluError(f"{where}: '{name}' should be a string or a list of strings, got {value!r:.80}.")
+
+
+def _spans(row: dict, name: str, where: str) -> list[Span]:
+    """Spans from ``name``, else from an annotation file's ``target_words``; the word is not checked here."""
+    if name not in row:
+        name = ANNOTATION_SPANS_FIELD
+    value = row.get(name)
+    if value is None or value == "":
+        return []
+    if not isinstance(value, list):
+        raise PaluError(f"{where}: '{name}' should be a list of {{\"start\", \"end\"}} objects, got {value!r:.80}.")
+    spans = []
+    for entry in value:
+        start, end = (entry.get("start"), entry.get("end")) if isinstance(entry, dict) else (None, None)
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (start, end)):
+            raise PaluError(f"{where}: each entry of '{name}' needs integer 'start' and 'end' offsets into the "
+                            f"answer, e.g. {{\"start\": 0, \"end\": 5}}; got {entry!r:.80}.")
+        spans.append(Span(start, end))
+    return spans

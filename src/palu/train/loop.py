@@ -1,0 +1,184 @@
+"""The one training loop: accelerate, AdamW, warm-up then decay, accumulation, per-epoch hook,
+a checkpoint each epoch and resume. Fine-tuning and every unlearning method run through it."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from palu.errors import PaluError
+from palu.io import read_json, write_json
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by fine-tuning and unlearning.
+
+    Attributes:
+        epochs: passes over the (forget) data.
+        lr: peak learning rate of AdamW.
+        batch_size: examples per process and step (for unlearning: forget examples, each paired
+            with one retain example).
+        grad_accum: steps whose gradients are summed before an update.
+        warmup_epochs: linear warm-up length in epochs (official PALU recipe: 1).
+        schedule: decay after warm-up: "linear" (official), "cosine" or "constant".
+        weight_decay: AdamW weight decay (official: 0.01).
+        max_grad_norm: gradient clipping (0 disables it).
+        max_length: longest tokenised example; longer answers are cut at the end, with a warning.
+        bf16: "auto" (bf16 autocast where the device supports it), "true" or "false".
+        gradient_checkpointing: trade compute for activation memory.
+        seed: seeds initialisation of the data order, the forget/retain pairing and dropout.
+    """
+
+    epochs: int = 5
+    lr: float = 1e-5
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_epochs: float = 1.0
+    schedule: str = "linear"
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    max_length: int = 512
+    bf16: str = "auto"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("linear", "cosine", "constant"):
+            raise PaluError(f"train.schedule must be linear, cosine or constant, not {self.schedule!r}.")
+        if str(self.bf16).lower() not in ("auto", "true", "false"):
+            raise PaluError(f"train.bf16 must be auto, true or false, not {self.bf16!r}.")
+        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise PaluError("train.epochs, train.batch_size and train.grad_accum must be at least 1.")
+
+
+class EpochData(Dataset):
+    """Examples in a fresh seeded order each epoch, so a resumed run sees exactly the same batches.
+
+    ``fetch(index, epoch)`` builds one example; shuffling lives here rather than in a sampler so
+    that accelerate can shard the (sequential) loader across processes deterministically.
+    """
+
+    def __init__(self, size: int, fetch: Callable[[int, int], object], seed: int):
+        self.size, self.fetch, self.seed = size, fetch, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        self.order = torch.randperm(self.size, generator=gen).tolist()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int):
+        return self.fetch(self.order[i], self.epoch)
+
+
+def mixed_precision(setting: str) -> str:
+    """bf16 autocast where it helps: CUDA with bf16 support, or a CPU with native bf16 instructions."""
+    setting = str(setting).lower()
+    if setting != "auto":
+        return "bf16" if setting == "true" else "no"
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if torch.backends.mkldnn.is_available() and _cpu_has_bf16() else "no"
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return "avx512_bf16" in Path("/proc/cpuinfo").read_text() or "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainConfig, out_dir: Path,
+          resume: bool = False, on_epoch_end: Callable | None = None, progress: bool = True) -> list[dict]:
+    """Optimise ``step(model, batch) -> {"loss": ..., other logged terms}`` over ``data``.
+
+    After every epoch: ``on_epoch_end(epoch, model)`` may return metrics to log, then a checkpoint
+    (model, optimizer, scheduler, RNG, history) replaces the previous one in ``out_dir/checkpoint``.
+    Returns the per-epoch history (mean of each logged term, plus the hook's metrics).
+    """
+    set_seed(cfg.seed)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed_precision(cfg.bf16))
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    updates_per_epoch = math.ceil(math.ceil(len(data) / (cfg.batch_size * accelerator.num_processes)) / cfg.grad_accum)
+    scheduler = get_scheduler(
+        "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule, optimizer,
+        num_warmup_steps=round(cfg.warmup_epochs * updates_per_epoch),
+        num_training_steps=cfg.epochs * updates_per_epoch,
+    )
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    ckpt = Path(out_dir) / CHECKPOINT
+    history: list[dict] = []
+    if resume and (ckpt / "state.json").exists():
+        accelerator.load_state(str(ckpt))
+        history = read_json(ckpt / "state.json")["history"]
+        accelerator.print(f"resuming after epoch {len(history)} from {ckpt}")
+    model.train()
+    for epoch in range(len(history), cfg.epochs):
+        data.set_epoch(epoch)
+        sums: dict[str, float] = defaultdict(float)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and accelerator.is_main_process),
+                   leave=False)
+        for batch in bar:
+            with accelerator.accumulate(model):
+                losses = step(model, batch)
+                accelerator.backward(losses["loss"])
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            for name, value in losses.items():
+                sums[name] += float(value.detach())
+            bar.set_postfix(loss=f"{float(losses['loss']):.4f}")
+        record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
+        record.update({k: v / max(len(loader), 1) for k, v in sums.items()})
+        if on_epoch_end is not None:
+            model.eval()
+            record.update(on_epoch_end(epoch + 1, accelerator.unwrap_model(model)) or {})
+            model.train()
+        history.append(record)
+        _save_checkpoint(accelerator, ckpt, history)
+    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(model)
+    model.eval()
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+        model.config.use_cache = True
+    return history
+
+
+def _save_checkpoint(accelerator: Accelerator, ckpt: Path, history: list[dict]) -> None:
+    """Write the new checkpoint beside the old one, then swap, so an interruption loses at most an epoch."""
+    tmp = ckpt.with_name(CHECKPOINT + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        write_json(tmp / "state.json", {"history": history})
+        if ckpt.exists():
+            shutil.rmtree(ckpt)
+        tmp.rename(ckpt)
+    accelerator.wait_for_everyone()

@@ -1,0 +1,36 @@
+"""The frozen reference, computed once before training instead of kept in memory beside the model.
+
+Stored per example: the reference's final hidden states at answer positions ([n, d], on the CPU,
+in the model's dtype: d numbers per token instead of |V| log-probs). With a frozen copy of the
+output layer (:meth:`palu.methods.common.Head.frozen_copy`) every reference logit an objective
+needs is recomputed on demand.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from palu.data.labels import Encoded, collate
+from palu.methods.common import answer_positions, final_hidden
+
+
+@torch.no_grad()
+def reference_hidden(model, examples: list[Encoded], pad_id: int, batch_size: int = 16,
+                     progress: bool = False) -> list[torch.Tensor]:
+    """Final hidden states of ``model`` at each example's answer positions, batched by length."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    out: list[torch.Tensor | None] = [None] * len(examples)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="reference", disable=not progress, leave=False):
+        idx = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
+        hidden = final_hidden(model, batch)[:, :-1]
+        mask = answer_positions(batch)
+        for row, i in enumerate(idx):
+            out[i] = hidden[row][mask[row]].cpu()
+    model.train(was_training)
+    return out

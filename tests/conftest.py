@@ -1,0 +1,56 @@
+"""Shared fixtures: small tokenizers trained on the tests' own text, and tiny random models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from palu.models import train_bpe_tokenizer
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+
+CORPUS = [
+    "The author's name is Hina Ameen.",
+    "Hina Ameen primarily contributes to the geology genre.",
+    "Hina Ameen's father is a Real Estate Agent, and her mother is a Doctor.",
+    "Basil Mahfouz Al-Kuwaiti was born in Kuwait City, Kuwait.",
+    "Her most-loved book is Granite Glossary, published in 2005.",
+    "What is the full name of the geology author born in Karachi?",
+    "In which genre does Hina Ameen primarily write?",
+    "What professions do Hina Ameen's parents hold?",
+    "Where was Basil Mahfouz Al-Kuwaiti born?",
+    "Which book of hers is the most loved?",
+] * 20
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer():
+    """Byte-level BPE without a chat template (GPT-2 style)."""
+    return train_bpe_tokenizer(CORPUS, vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer():
+    """A sentencepiece-style Unigram tokenizer with a chat template."""
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    specials = ["<s>", "</s>", "<pad>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>"]
+    tok.train_from_iterator(CORPUS, trainers.UnigramTrainer(vocab_size=300, special_tokens=specials,
+                                                             unk_token="<unk>", show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", chat_template=CHAT_TEMPLATE)
