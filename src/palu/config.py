@@ -1,0 +1,133 @@
+"""Typed configs for every command: a YAML file, then ``key=value`` overrides, then validation.
+
+Each section is a dataclass whose fields carry the defaults (the one place defaults live); an
+unknown key is an error that lists the valid ones. The resolved config is saved beside every result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from palu.errors import PaluError
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["train.lr=1e-5", "method=npo"]`` -> nested dict; values are read as YAML scalars."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise PaluError(f"cannot read the override {pair!r}; write it as key=value (e.g. train.lr=1e-5).")
+        value = yaml.safe_load(raw) if raw else ""
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise PaluError(f"override {pair!r} sets inside {part!r}, which is not a section.")
+        node[leaf] = value
+    return out
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """Deep-merge ``extra`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise PaluError(f"{path}: no such config file.") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise PaluError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)}).") from None
+    if not isinstance(data, dict):
+        raise PaluError(f"{path}: a config file must hold a mapping of options.")
+    return data
+
+
+def build(cls: type, data: dict | None, where: str = "config") -> Any:
+    """Make a ``cls`` dataclass from a plain dict, recursively, with errors that name the option."""
+    data = dict(data or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise PaluError(f"{where}: unknown option {unknown[0]!r}; valid options: {', '.join(fields)}.")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(hints[name], value, f"{where}.{name}" if where != "config" else name)
+    for name, f in fields.items():  # nested sections not given: their defaults, still validated
+        if name not in kwargs and dataclasses.is_dataclass(hints[name]) and f.default_factory is dataclasses.MISSING \
+                and f.default is dataclasses.MISSING:
+            kwargs[name] = build(hints[name], {}, name)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise PaluError(f"{where}: {exc}".replace("__init__()", cls.__name__)) from None
+
+
+def _convert(hint, value, where: str):
+    if value is None:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        return _convert(options[0], value, where) if len(options) == 1 else value
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise PaluError(f"{where} is a section; give it as a mapping of options.")
+        return build(hint, value, where)
+    if origin is list:
+        items = value if isinstance(value, list) else [value]
+        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(items)] if args else items
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise PaluError(f"{where} must be true or false, not {value!r}.")
+    if hint in (int, float):
+        try:
+            number = hint(value)
+        except (TypeError, ValueError):
+            raise PaluError(f"{where} must be a number, not {value!r}.") from None
+        if hint is int and number != float(value):
+            raise PaluError(f"{where} must be a whole number, not {value!r}.")
+        return number
+    if hint is str:
+        return str(value)
+    return value
+
+
+def load_config(cls: type, path: str | None, overrides: list[str]) -> Any:
+    """The ``cls`` config from an optional YAML file plus command-line overrides."""
+    data = read_yaml(path) if path else {}
+    over = parse_overrides(overrides)
+    if isinstance(over.get("method"), str):  # `method=npo` picks a method by name
+        over["method"] = {"name": over["method"]}
+    if isinstance(over.get("method"), dict) and "name" in over["method"] and isinstance(data.get("method"), dict) \
+            and data["method"].get("name") != over["method"]["name"]:
+        data = {**data, "method": {}}  # another method: the file's method options no longer apply
+    return build(cls, merge(data, over))
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump(cfg) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Evaluation: pure metric functions (``metrics``), model scoring (``scoring``) and suites (``core``)."""

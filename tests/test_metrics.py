@@ -1,0 +1,253 @@
+"""Core TOFU metrics: pure aggregations against slow obvious versions, and model scoring on a tiny Llama."""
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import ks_2samp
+
+from palu.data.labels import IGNORE_INDEX, collate, encode
+from palu.data.prompts import PromptConfig, prompt_ids
+from palu.data.qa import QAItem
+from palu.errors import PaluError
+from palu.eval.core import evaluate_core, summary
+from palu.eval.metrics import (
+    METRICS,
+    MetricSpec,
+    aggregate_forget_truth_ratio,
+    aggregate_retain_truth_ratio,
+    answer_prob,
+    forget_quality,
+    get_metric,
+    register,
+    result,
+    rouge_l_recall,
+    truth_ratio,
+)
+from palu.eval.scoring import answer_nll, generate, multi_answer_nll
+from palu.io import read_json, write_json
+from palu.models import tiny_llama, train_bpe_tokenizer
+
+CORE = ["forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_truth_ratio", "forget_quality", "exact_memorization",
+        "retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_truth_ratio"]
+
+# --- pure metrics ------------------------------------------------------------------------------
+
+
+def test_registry_has_core_metrics_with_directions():
+    assert set(CORE) <= set(METRICS)
+    assert not METRICS["forget_Q_A_Prob"].higher_is_better
+    assert not METRICS["exact_memorization"].higher_is_better
+    assert METRICS["forget_quality"].higher_is_better
+    assert METRICS["retain_Q_A_ROUGE"].higher_is_better
+
+
+def test_registry_refuses_duplicates_and_lists_names():
+    with pytest.raises(PaluError, match="already registered"):
+        register(MetricSpec("forget_quality", True, "again"))
+    with pytest.raises(PaluError, match="forget_quality"):
+        get_metric("no_such_metric")
+
+
+def test_result_shape_is_plain_json():
+    res = result("forget_truth_ratio", np.float64(0.25), np.array([0.5, 2.0]))
+    assert res == {"agg_value": 0.25, "value_by_index": {"0": 0.5, "1": 2.0}, "higher_is_better": True}
+    assert json.loads(json.dumps(res)) == res
+    assert result("forget_quality", None)["agg_value"] is None
+
+
+def _random_nlls(rng, n):
+    correct = [rng.uniform(0.1, 5.0) for _ in range(n)]
+    wrong = [[rng.uniform(0.1, 5.0) for _ in range(rng.randint(1, 5))] for _ in range(n)]
+    return correct, wrong
+
+
+def test_truth_ratio_and_aggregates_match_slow_versions():
+    rng = random.Random(0)
+    correct, wrong = _random_nlls(rng, 50)
+    slow_tr = []
+    for lc, lw in zip(correct, wrong):
+        p_correct = math.exp(-lc)
+        p_wrong = math.exp(-sum(lw) / len(lw))
+        slow_tr.append(p_wrong / p_correct)
+    tr = truth_ratio(correct, wrong)
+    assert np.allclose(tr, slow_tr, rtol=1e-12)
+    assert aggregate_forget_truth_ratio(tr) == pytest.approx(sum(min(t, 1 / t) for t in slow_tr) / len(slow_tr))
+    assert aggregate_retain_truth_ratio(tr) == pytest.approx(sum(max(0.0, 1 - t) for t in slow_tr) / len(slow_tr))
+    assert aggregate_forget_truth_ratio([]) is None
+    assert np.allclose(answer_prob(correct), [math.exp(-x) for x in correct])
+
+
+def test_truth_ratio_refuses_items_without_wrong_answers():
+    with pytest.raises(PaluError):
+        truth_ratio([1.0, 2.0], [[1.0], []])
+
+
+def test_forget_quality_is_ks_pvalue_or_none():
+    rng = np.random.default_rng(0)
+    a, b = rng.lognormal(size=40), rng.lognormal(size=35)
+    assert forget_quality(a, b) == ks_2samp(a, b).pvalue
+    assert forget_quality(a, None) is None
+    assert forget_quality(a, []) is None
+
+
+@pytest.mark.parametrize("k, pvalue", [(11, 0.9238), (12, 0.8655), (13, 0.7934), (14, 0.7126), (15, 0.6284),
+                                       (16, 0.5453), (37, 0.0021)])
+def test_forget_quality_discrete_values_for_200_items(k, pvalue):
+    a = np.arange(200, dtype=float)
+    b = a + k - 0.5  # no ties; the ECDFs differ by exactly k/200 between the two ramps
+    assert ks_2samp(a, b).statistic == pytest.approx(k / 200)
+    assert forget_quality(a, b) == pytest.approx(pvalue, abs=5e-5)
+
+
+def test_rouge_l_recall_on_hand_made_strings():
+    ref = "alpha beta gamma delta"
+    scores = rouge_l_recall(["well alpha beta gamma delta indeed", "alpha beta", "nothing here", "running dogs"],
+                            [ref, ref, ref, "run dog"])
+    assert scores == pytest.approx([1.0, 0.5, 0.0, 1.0])
+    with pytest.raises(PaluError):
+        rouge_l_recall(["a"], [])
+
+
+# --- model scoring -----------------------------------------------------------------------------
+
+PROMPT = PromptConfig(chat_template="never")
+
+
+def _items():
+    rows = [
+        ("Where was Ada Lind born?", "Ada Lind was born in Oslo in 1961.", "Ada Lind's birthplace is Oslo.",
+         ["Ada Lind was born in Rome.", "She was born in Lima in 1970.", "Ada Lind was born at sea."]),
+        ("What does Ada Lind write?", "She writes crime novels.", "Her books are crime stories.",
+         ["She writes poems.", "She writes cookbooks about bread."]),
+        ("Who was Bo Marr's father?", "His father was a sailor named Olav.", "Olav, a sailor, was his father.",
+         ["His father was a baker.", "A teacher named Per.", "His father was a pilot.", "A painter."]),
+        ("Which prize did Bo Marr win?", "The Nordic Crime Award in 2004.", "In 2004 he won the Nordic Crime Award.",
+         ["The Booker Prize.", "No prize at all."]),
+        ("What is the title of Bo Marr's first book, the one that made his name?", "Salt and Rope.",
+         "His first book is called Salt and Rope.", ["Wind and Stone.", "Rope Salt.", "The Harbour."]),
+    ]
+    return [QAItem(q, a, paraphrased_answer=p, perturbed_answers=w, source=f"test[{i}]")
+            for i, (q, a, p, w) in enumerate(rows)]
+
+
+def _retain_items():
+    return [QAItem("What colour is the sky?", "The sky is blue.", source="retain[0]"),
+            QAItem("How many legs does a cat have?", "A cat has four legs.", source="retain[1]"),
+            QAItem("What do bees make?", "Bees make honey from nectar.", source="retain[2]")]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny Llama briefly fitted to the items, so accuracies and generations are not all trivial."""
+    torch.set_num_threads(1)
+    items = _items() + _retain_items()
+    texts = [PROMPT.template.format(question=it.question) + it.answer for it in items]
+    texts += [a for it in items for a in [it.paraphrased_answer or "", *it.perturbed_answers]]
+    tok = train_bpe_tokenizer(texts, vocab_size=300)
+    model = tiny_llama(len(tok), hidden=32, layers=1, heads=2, tokenizer=tok)
+    batch = collate([encode(tok, it, PROMPT, 128) for it in items], tok.pad_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(16):
+        opt.zero_grad()
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.backward()
+        opt.step()
+    return tok, model
+
+
+def _slow_scores(model, tok, item, answer=None):
+    """One item at a time: the model's own loss, and an explicit loop over answer positions."""
+    enc = encode(tok, item, PROMPT, 512, answer=answer)
+    ids, labels = torch.tensor([enc.input_ids]), torch.tensor([enc.labels])
+    with torch.no_grad():
+        out = model(input_ids=ids, labels=labels)
+    positions = [t for t in range(len(enc.labels) - 1) if enc.labels[t + 1] != IGNORE_INDEX][:-1]
+    hits = [int(out.logits[0, t].argmax()) == enc.labels[t + 1] for t in positions]
+    return float(out.loss), sum(hits) / len(hits)
+
+
+def test_answer_nll_matches_slow_per_item_loss(tiny):
+    tok, model = tiny
+    items = _items()
+    slow = [_slow_scores(model, tok, it) for it in items]
+    for batch_size in (1, 3):
+        nll, acc = answer_nll(model, tok, items, PROMPT, batch_size=batch_size)
+        assert np.allclose(nll, [s[0] for s in slow], atol=1e-5)
+        assert np.allclose(acc, [s[1] for s in slow], atol=1e-6)
+    assert 0 < acc.mean() < 1
+
+
+def test_answer_nll_with_answer_overrides_and_multi(tiny):
+    tok, model = tiny
+    items = _items()
+    para = [it.paraphrased_answer for it in items]
+    nll, _ = answer_nll(model, tok, items, PROMPT, answers=para, batch_size=2)
+    assert np.allclose(nll, [_slow_scores(model, tok, it, a)[0] for it, a in zip(items, para)], atol=1e-5)
+    wrong = multi_answer_nll(model, tok, items, PROMPT, [it.perturbed_answers for it in items], batch_size=4)
+    assert [len(w) for w in wrong] == [len(it.perturbed_answers) for it in items]
+    for it, w in zip(items, wrong):
+        assert np.allclose(w, [_slow_scores(model, tok, it, a)[0] for a in it.perturbed_answers], atol=1e-5)
+
+
+def test_scoring_restores_training_mode(tiny):
+    tok, model = tiny
+    model.train()
+    answer_nll(model, tok, _items()[:1], PROMPT)
+    assert model.training
+    model.eval()
+
+
+def _manual_greedy(model, tok, item, max_new_tokens):
+    ids = prompt_ids(tok, item.question, PROMPT)
+    new = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            nxt = int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+            if nxt == tok.eos_token_id:
+                break
+            new.append(nxt)
+    return tok.decode(new, skip_special_tokens=True).strip()
+
+
+def test_generate_is_batch_invariant_and_greedy(tiny):
+    tok, model = tiny
+    items = _items()
+    assert len({len(prompt_ids(tok, it.question, PROMPT)) for it in items}) > 1  # padding is exercised
+    one = generate(model, tok, items, PROMPT, max_new_tokens=12, batch_size=1)
+    four = generate(model, tok, items, PROMPT, max_new_tokens=12, batch_size=4)
+    assert one == four
+    assert one == [_manual_greedy(model, tok, it, 12) for it in items]
+
+
+def test_evaluate_core_keys_directions_and_json(tiny, tmp_path):
+    tok, model = tiny
+    res = evaluate_core(model, tok, _items(), _retain_items(), PROMPT, batch_size=3, max_new_tokens=8)
+    assert list(res) == CORE
+    for name, r in res.items():
+        assert set(r) == {"agg_value", "value_by_index", "higher_is_better"}
+        assert r["higher_is_better"] == METRICS[name].higher_is_better
+    assert res["forget_quality"]["agg_value"] is None  # no retain reference
+    assert res["retain_truth_ratio"]["agg_value"] is None  # retain items have no perturbed answers
+    assert len(res["forget_truth_ratio"]["value_by_index"]) == 5
+    first = res["forget_Q_A_ROUGE"]["value_by_index"]["0"]
+    assert first["ground_truth"] == _items()[0].answer and isinstance(first["generation"], str)
+    assert summary(res)["exact_memorization"] == res["exact_memorization"]["agg_value"]
+
+    path = write_json(tmp_path / "core.json", res)
+    assert read_json(path) == res
+
+    again = evaluate_core(model, tok, _items(), _retain_items(), PROMPT, retain_reference=read_json(path),
+                          batch_size=3, max_new_tokens=8)
+    assert again["forget_quality"]["agg_value"] == pytest.approx(1.0)  # identical truth-ratio samples
+
+
+def test_evaluate_core_refuses_partly_perturbed_split(tiny):
+    tok, model = tiny
+    forget = _items()
+    forget[2] = QAItem(forget[2].question, forget[2].answer, source="test[2]")
+    with pytest.raises(PaluError, match=r"test\[2\]"):
+        evaluate_core(model, tok, forget, _retain_items(), PROMPT, max_new_tokens=2)
