@@ -74,9 +74,10 @@ class EpochData(Dataset):
 
     def __init__(self, size: int, fetch: Callable[[int, int], object], seed: int):
         self.size, self.fetch, self.seed = size, fetch, seed
-        self.set_epoch(0)
+        self.use_epoch(0)
 
-    def set_epoch(self, epoch: int) -> None:
+    def use_epoch(self, epoch: int) -> None:
+        """Fix the order (and pairing) of ``epoch``; not named set_epoch, which accelerate calls itself."""
         self.epoch = epoch
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         self.order = torch.randperm(self.size, generator=gen).tolist()
@@ -136,7 +137,7 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
         accelerator.print(f"resuming after epoch {len(history)} from {ckpt}")
     model.train()
     for epoch in range(len(history), cfg.epochs):
-        data.set_epoch(epoch)
+        data.use_epoch(epoch)
         sums: dict[str, float] = defaultdict(float)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and accelerator.is_main_process),
                    leave=False)
@@ -151,7 +152,7 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
                 optimizer.zero_grad()
             for name, value in losses.items():
                 sums[name] += float(value.detach())
-            bar.set_postfix(loss=f"{float(losses['loss']):.4f}")
+            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
         record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
         record.update({k: v / max(len(loader), 1) for k, v in sums.items()})
         if on_epoch_end is not None:

@@ -1,0 +1,5 @@
+import sys
+
+from palu.cli import main
+
+sys.exit(main())

@@ -1,0 +1,99 @@
+"""The `palu` command: demo, finetune, unlearn, eval.
+
+Each takes ``--config FILE.yaml`` plus ``key=value`` overrides (``train.lr=1e-5``, ``method=palu``)
+and prints where its outputs went. Errors in the input are printed as one message, not a trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from palu.errors import PaluError
+
+
+def default_threads() -> int:
+    """Half the cores: torch threads slow down sharply when they compete with another busy process."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="palu", description="Targeted unlearning for language models.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {
+        "demo": "train tiny full and retain models on the built-in data, unlearn with PALU, compare (offline)",
+        "finetune": "train a target (full) or retain model on QA data",
+        "unlearn": "remove the forget set from a model with PALU or a baseline",
+        "eval": "evaluate a model on forget and retain data (TOFU metrics)",
+    }
+    for name, text in helps.items():
+        c = sub.add_parser(name, help=text, description=text)
+        c.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-5")
+        c.add_argument("--config", metavar="FILE.yaml", help="a YAML config; overrides apply on top")
+        c.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+        if name != "eval":
+            c.add_argument("--resume", action="store_true", help="continue an interrupted run in its output folder")
+        c.add_argument("--threads", type=int, default=None,
+                       help=f"CPU threads for torch (default: PALU_THREADS or {default_threads()})")
+        c.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def setup(args) -> None:
+    import torch
+    import transformers
+
+    threads = args.threads or int(os.environ.get("PALU_THREADS", default_threads()))
+    if threads < 1:
+        raise PaluError(f"--threads must be at least 1, not {threads}.")
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("palu").setLevel(logging.INFO)
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def run(args) -> str:
+    """Run one command; returns the text to print when it is done."""
+    from palu import commands
+    from palu.config import load_config
+    from palu.demo import DemoConfig, render_table, run_demo
+    from palu.eval.core import summary
+
+    progress = not args.quiet
+    resume = getattr(args, "resume", False)
+    if args.command == "demo":
+        cfg = load_config(DemoConfig, args.config, args.overrides)
+        table = run_demo(cfg, args.overwrite, resume, progress)
+        return f"{render_table(table)}\n\nall outputs in {Path(cfg.output_dir).resolve()}"
+    if args.command == "finetune":
+        cfg = load_config(commands.FinetuneConfig, args.config, args.overrides)
+        return f"model saved to {commands.run_finetune(cfg, args.overwrite, resume, progress).resolve()}"
+    if args.command == "unlearn":
+        cfg = load_config(commands.UnlearnConfig, args.config, args.overrides)
+        return f"unlearned model saved to {commands.run_unlearn(cfg, args.overwrite, resume, progress).resolve()}"
+    cfg = load_config(commands.EvalConfig, args.config, args.overrides)
+    results = commands.run_eval(cfg, args.overwrite, progress)
+    lines = [f"{k}: {'n/a' if v is None else f'{v:.4g}'}" for k, v in summary(results).items()]
+    return "\n".join(lines + [f"results in {Path(cfg.output_dir).resolve()}"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        setup(args)
+        print(run(args))
+    except PaluError as exc:
+        print(f"palu {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"palu {args.command}: interrupted; run it again with --resume to continue.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The commands behind the CLI, as plain functions on typed configs (usable from Python too)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from palu.config import build
+from palu.data.loaders import DataSource
+from palu.data.prompts import PromptConfig
+from palu.data.qa import QAItem
+from palu.data.sources import SyntheticConfig, load_items, synthetic
+from palu.errors import PaluError
+from palu.eval.core import evaluate_core, summary
+from palu.io import prepare_output_dir, read_json, write_json
+from palu.methods import get_method
+from palu.models import load_model, load_tokenizer, tiny_llama, train_bpe_tokenizer
+from palu.runs import MODEL_DIR, finish, is_finished, save_config
+from palu.train.finetune import finetune
+from palu.train.loop import TrainConfig
+from palu.train.unlearn import unlearn
+
+log = logging.getLogger(__name__)
+SCRATCH = "scratch"
+
+
+@dataclass
+class ScratchConfig:
+    """A small Llama built from scratch (``model: scratch``): about 5M parameters at the defaults."""
+
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    vocab_size: int = 8000
+    max_positions: int = 512
+
+
+def scratch_train() -> TrainConfig:
+    """Memorising QA from scratch: a high learning rate and cosine decay."""
+    return TrainConfig(epochs=15, lr=1e-3, batch_size=16, schedule="cosine", warmup_epochs=1, max_length=256)
+
+
+@dataclass
+class FinetuneConfig:
+    """``palu finetune``: train a target ("full") or retain model on QA data.
+
+    Attributes:
+        model: a hub id or folder to start from, or "scratch" for a new small Llama.
+        tokenizer: defaults to the model's; with "scratch" and none given, a byte-level BPE is
+            trained on the data.
+        data: one or more sources, concatenated (e.g. TOFU full + real_authors + world_facts).
+        train: defaults suit a model from scratch; use lr around 1e-5 for a pretrained model.
+    """
+
+    model: str = SCRATCH
+    tokenizer: str | None = None
+    data: list[DataSource] = field(default_factory=lambda: [synthetic("full")])
+    output_dir: str = "runs/finetune"
+    scratch: ScratchConfig = field(default_factory=ScratchConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    train: TrainConfig = field(default_factory=scratch_train)
+
+
+@dataclass
+class UnlearnConfig:
+    """``palu unlearn``: remove the forget set from a model with PALU or another registered method.
+
+    Attributes:
+        model: the model to unlearn from (hub id or folder); it is also the frozen reference.
+        method: ``name`` plus that method's options (see ``palu.methods``).
+    """
+
+    model: str = ""
+    tokenizer: str | None = None
+    forget: DataSource = field(default_factory=lambda: synthetic("forget"))
+    retain: DataSource = field(default_factory=lambda: synthetic("retain"))
+    method: dict = field(default_factory=lambda: {"name": "palu"})
+    output_dir: str = "runs/unlearn"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=1e-5, batch_size=8))
+
+
+@dataclass
+class EvalConfig:
+    """``palu eval``: the core TOFU metrics of a model on forget and retain data.
+
+    Attributes:
+        retain_reference: results.json of the retain model on the same forget data; forget
+            quality needs it and is reported as unavailable without it.
+    """
+
+    model: str = ""
+    tokenizer: str | None = None
+    forget: DataSource = field(default_factory=lambda: synthetic("forget"))
+    retain: DataSource = field(default_factory=lambda: synthetic("retain"))
+    retain_reference: str | None = None
+    output_dir: str = "runs/eval"
+    batch_size: int = 16
+    max_new_tokens: int = 200
+    max_length: int = 512
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+
+
+def _require_model(cfg) -> None:
+    if not cfg.model:
+        raise PaluError("no model given; set model=PATH_OR_HUB_ID (e.g. a `palu finetune` run's model folder).")
+
+
+def _load(cfg):
+    return load_model(cfg.model), load_tokenizer(cfg.tokenizer or cfg.model)
+
+
+def qa_texts(items: list[QAItem]) -> list[str]:
+    texts = []
+    for it in items:
+        texts += [it.question, it.answer, it.paraphrased_answer or "", it.paraphrased_question or "", *it.perturbed_answers]
+    return [t for t in texts if t]
+
+
+def run_finetune(cfg: FinetuneConfig, overwrite: bool = False, resume: bool = False, progress: bool = True) -> Path:
+    """Fine-tune and save; returns the saved model folder."""
+    out = prepare_output_dir(cfg.output_dir, overwrite, resume)
+    if is_finished(out):
+        log.info("%s is already finished", out)
+        return out / MODEL_DIR
+    items = [it for source in cfg.data for it in load_items(source, cfg.synthetic)]
+    if cfg.model == SCRATCH:
+        tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else train_bpe_tokenizer(qa_texts(items), cfg.scratch.vocab_size)
+        s = cfg.scratch
+        model = tiny_llama(len(tok), s.hidden, s.layers, s.heads, s.max_positions, tokenizer=tok, seed=cfg.train.seed)
+    else:
+        model, tok = _load(cfg)
+    save_config(out, cfg)
+    history = finetune(model, tok, items, cfg.train, cfg.prompt, out, resume, progress=progress)
+    return finish(out, model, tok, history)
+
+
+def method_config(options: dict):
+    """The typed config of the method named in ``options["name"]``."""
+    options = dict(options)
+    spec = get_method(options.pop("name", "palu"))
+    return spec.name, build(spec.config, options, "method")
+
+
+def run_unlearn(cfg: UnlearnConfig, overwrite: bool = False, resume: bool = False, progress: bool = True) -> Path:
+    """Unlearn and save; returns the saved model folder."""
+    _require_model(cfg)
+    name, mcfg = method_config(cfg.method)
+    out = prepare_output_dir(cfg.output_dir, overwrite, resume)
+    if is_finished(out):
+        log.info("%s is already finished", out)
+        return out / MODEL_DIR
+    forget, retain = load_items(cfg.forget, cfg.synthetic), load_items(cfg.retain, cfg.synthetic)
+    model, tok = _load(cfg)
+    save_config(out, cfg)
+    history = unlearn(model, tok, forget, retain, name, mcfg, cfg.train, cfg.prompt, out, resume, progress=progress)
+    return finish(out, model, tok, history)
+
+
+def run_eval(cfg: EvalConfig, overwrite: bool = False, progress: bool = True) -> dict:
+    """Evaluate, write ``results.json`` (per item) and ``summary.json``; returns the results."""
+    _require_model(cfg)
+    out = prepare_output_dir(cfg.output_dir, overwrite)
+    reference = read_json(cfg.retain_reference) if cfg.retain_reference else None
+    forget, retain = load_items(cfg.forget, cfg.synthetic), load_items(cfg.retain, cfg.synthetic)
+    model, tok = _load(cfg)
+    save_config(out, cfg)
+    results = evaluate_core(model, tok, forget, retain, cfg.prompt, reference, cfg.batch_size, cfg.max_new_tokens,
+                            cfg.max_length, progress=progress)
+    write_json(out / "results.json", results)
+    write_json(out / "summary.json", summary(results))
+    return results

@@ -1,0 +1,117 @@
+"""The shared loop: learning happens, checkpoints resume to the same weights, outputs are guarded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from palu.commands import UnlearnConfig, run_unlearn
+from palu.data.prompts import PromptConfig
+from palu.data.sources import SyntheticConfig, synthetic
+from palu.data.synthetic import synthetic_splits
+from palu.errors import PaluError
+from palu.io import prepare_output_dir
+from palu.methods.palu import PaluConfig
+from palu.models import tiny_llama, train_bpe_tokenizer
+from palu.train.finetune import finetune
+from palu.train.loop import TrainConfig
+from palu.train.unlearn import unlearn
+
+
+@pytest.fixture(scope="module")
+def data():
+    splits = synthetic_splits(n_authors=4, forget_authors=1, holdout_authors=1, seed=3)
+    texts = [t for it in splits.retain + splits.forget for t in (it.question, it.answer)]
+    return splits, train_bpe_tokenizer(texts, vocab_size=600)
+
+
+def small_model(tok, seed=0):
+    return tiny_llama(len(tok), hidden=32, layers=1, heads=2, tokenizer=tok, seed=seed)
+
+
+def weights(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def cfg(**kw):
+    base = dict(epochs=3, lr=3e-3, batch_size=8, warmup_epochs=0, max_length=96, bf16="false")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_finetune_learns_and_logs(data, tmp_path):
+    splits, tok = data
+    model = small_model(tok)
+    history = finetune(model, tok, splits.retain[:24], cfg(epochs=4, lr=1e-2), PromptConfig(), tmp_path, progress=False)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert history[-1]["loss"] < history[0]["loss"] * 0.9
+    assert (tmp_path / "checkpoint" / "state.json").exists()
+
+
+def test_resume_reproduces_an_uninterrupted_run(data, tmp_path):
+    splits, tok = data
+    items = splits.retain[:20]
+    whole = small_model(tok)
+    finetune(whole, tok, items, cfg(), PromptConfig(), tmp_path / "a", progress=False)
+
+    def stop_after_two(epoch, model):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    broken = small_model(tok)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(broken, tok, items, cfg(), PromptConfig(), tmp_path / "b", on_epoch_end=stop_after_two, progress=False)
+    resumed = small_model(tok)
+    history = finetune(resumed, tok, items, cfg(), PromptConfig(), tmp_path / "b", resume=True, progress=False)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert torch.allclose(weights(resumed), weights(whole), atol=1e-6)
+
+
+def test_epoch_hook_metrics_enter_the_history(data, tmp_path):
+    splits, tok = data
+    history = finetune(small_model(tok), tok, splits.retain[:8], cfg(epochs=2), PromptConfig(), tmp_path,
+                       on_epoch_end=lambda epoch, model: {"probe": float(epoch) * 10}, progress=False)
+    assert [h["probe"] for h in history] == [10.0, 20.0]
+
+
+def test_palu_unlearning_moves_the_model_and_logs_every_term(data, tmp_path):
+    splits, tok = data
+    model = small_model(tok)
+    finetune(model, tok, splits.retain + splits.forget, cfg(epochs=2), PromptConfig(), tmp_path / "ft", progress=False)
+    before = weights(model).clone()
+    history = unlearn(model, tok, splits.forget, splits.retain, "palu", PaluConfig(top_k=5, first_n=2),
+                      cfg(epochs=2, lr=1e-3), PromptConfig(), tmp_path / "ul", progress=False)
+    assert not torch.equal(before, weights(model))
+    for term in ("loss", "forget", "ordinary", "retain"):
+        assert all(torch.isfinite(torch.tensor(h[term])) for h in history)
+    assert history[0]["forget"] > 0
+
+
+def test_gradient_accumulation_matches_a_larger_batch(data, tmp_path):
+    splits, tok = data
+    items = splits.retain[:1] * 16  # equal lengths: a micro-batch mean weights tokens like the full batch
+    a, b = small_model(tok), small_model(tok)
+    finetune(a, tok, items, cfg(epochs=1, batch_size=8, max_grad_norm=0), PromptConfig(), tmp_path / "a", progress=False)
+    finetune(b, tok, items, cfg(epochs=1, batch_size=4, grad_accum=2, max_grad_norm=0), PromptConfig(), tmp_path / "b",
+             progress=False)
+    assert torch.allclose(weights(a), weights(b), atol=1e-5)
+    assert not torch.allclose(weights(a), weights(small_model(tok)), atol=1e-4)
+
+
+def test_output_folder_is_never_overwritten_silently(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("x")
+    with pytest.raises(PaluError, match="--overwrite"):
+        prepare_output_dir(tmp_path / "run")
+    assert prepare_output_dir(tmp_path / "run", resume=True).joinpath("keep.txt").exists()
+    prepare_output_dir(tmp_path / "run", overwrite=True)
+    assert not (tmp_path / "run" / "keep.txt").exists()
+
+
+def test_unlearn_command_refuses_missing_model_and_unknown_method(tmp_path):
+    with pytest.raises(PaluError, match="no model given"):
+        run_unlearn(UnlearnConfig(output_dir=str(tmp_path / "x")))
+    bad = UnlearnConfig(model="m", method={"name": "forgetall"}, output_dir=str(tmp_path / "y"),
+                        forget=synthetic("forget"), synthetic=SyntheticConfig(n_authors=3, forget_authors=1,
+                                                                               holdout_authors=1))
+    with pytest.raises(PaluError, match="valid methods: palu"):
+        run_unlearn(bad)
