@@ -73,3 +73,12 @@ def test_lists_of_sources_and_round_trip(tmp_path):
 def test_validation_of_nested_sections_runs():
     with pytest.raises(PaluError, match="train.schedule"):
         build(UnlearnConfig, {"train": {"schedule": "step"}})
+
+
+def test_partial_sections_keep_their_defaults():
+    cfg = load_config(DemoConfig, None, ["method.alpha=2", "unlearn.epochs=7"])
+    assert cfg.method == {"name": "palu", "top_k": 50, "first_n": 3, "alpha": 2}
+    assert cfg.unlearn.epochs == 7 and cfg.unlearn.lr == DemoConfig().unlearn.lr
+    cfg = load_config(UnlearnConfig, None, ["retain.limit=3"])
+    assert cfg.retain.path == "synthetic" and cfg.retain.split == "retain" and cfg.retain.limit == 3
+    assert load_config(DemoConfig, None, ["method=other"]).method == {"name": "other"}

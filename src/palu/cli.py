@@ -46,7 +46,7 @@ def setup(args) -> None:
     import torch
     import transformers
 
-    threads = args.threads or int(os.environ.get("PALU_THREADS", default_threads()))
+    threads = args.threads if args.threads is not None else int(os.environ.get("PALU_THREADS", default_threads()))
     if threads < 1:
         raise PaluError(f"--threads must be at least 1, not {threads}.")
     torch.set_num_threads(threads)
@@ -82,7 +82,12 @@ def run(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)  # overrides may come before or after the options
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    if unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides += extra
     try:
         setup(args)
         print(run(args))

@@ -71,6 +71,7 @@ def build(cls: type, data: dict | None, where: str = "config") -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
+        value = _onto_default(fields[name], value)
         kwargs[name] = _convert(hints[name], value, f"{where}.{name}" if where != "config" else name)
     for name, f in fields.items():  # nested sections not given: their defaults, still validated
         if name not in kwargs and dataclasses.is_dataclass(hints[name]) and f.default_factory is dataclasses.MISSING \
@@ -80,6 +81,27 @@ def build(cls: type, data: dict | None, where: str = "config") -> Any:
         return cls(**kwargs)
     except TypeError as exc:
         raise PaluError(f"{where}: {exc}".replace("__init__()", cls.__name__)) from None
+
+
+def _onto_default(f: dataclasses.Field, value):
+    """A partial section (``retain.limit=3``) keeps the section's other defaults.
+
+    A mapping that names another method than the default's replaces it: options of one method
+    do not apply to another.
+    """
+    if not isinstance(value, dict):
+        return value
+    if f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    elif f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        return value
+    if dataclasses.is_dataclass(default):
+        default = dataclasses.asdict(default)
+    if not isinstance(default, dict) or value.get("name", default.get("name")) != default.get("name"):
+        return value
+    return merge(default, value)
 
 
 def _convert(hint, value, where: str):

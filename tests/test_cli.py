@@ -1,0 +1,71 @@
+"""The `palu` command end to end on tiny settings, and its handling of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from palu.cli import main
+
+TINY = ["synthetic.n_authors=5", "synthetic.forget_authors=1", "synthetic.holdout_authors=1",
+        "scratch.hidden=32", "scratch.layers=1", "scratch.heads=2", "scratch.vocab_size=500",
+        "finetune.epochs=2", "unlearn.epochs=1", "retain_eval_items=5", "max_new_tokens=8", "--quiet", "--threads=1"]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    assert main(["demo", f"output_dir={out}", *TINY]) == 0
+    return out
+
+
+def test_demo_writes_every_stage_and_prints_the_table(demo_dir, capsys):
+    for path in ("config.yaml", "summary.json", "tokenizer/tokenizer.json", "full/model/config.json",
+                 "retain/DONE", "unlearned/history.json", "eval-unlearned/results.json"):
+        assert (demo_dir / path).exists(), path
+    table = json.loads((demo_dir / "summary.json").read_text())
+    assert set(table) == {"retain", "full", "unlearned"}
+    assert table["retain"]["forget_quality"] is None  # the retain model is the reference itself
+    assert 0 <= table["unlearned"]["forget_quality"] <= 1
+    assert not (demo_dir / "full" / "checkpoint").exists()
+
+
+def test_demo_refuses_to_overwrite_and_resumes(demo_dir, capsys):
+    assert main(["demo", f"output_dir={demo_dir}", *TINY]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["demo", f"output_dir={demo_dir}", "--resume", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "forget quality" in out and "unlearned" in out and str(demo_dir) in out
+
+
+def test_eval_command_writes_results(demo_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["eval", f"model={demo_dir / 'unlearned' / 'model'}", f"output_dir={out}", "max_new_tokens=4",
+            f"retain_reference={demo_dir / 'eval-retain' / 'results.json'}", "retain.limit=3", *TINY[:3], "--quiet"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["forget_quality"]["higher_is_better"] is True
+    assert len(results["retain_Q_A_Prob"]["value_by_index"]) == 3
+    assert "forget_quality:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["eval"], "no model given"),
+    (["unlearn", "model=x", "train.lrr=1"], "unknown option 'lrr'"),
+    (["unlearn", "model=x", "method=forgetall"], "valid methods"),
+    (["finetune", "data=[{path: /nonexistent/data.jsonl}]"], "/nonexistent/data.jsonl"),
+    (["demo", "--config", "/nonexistent/cfg.yaml"], "no such config file"),
+    (["unlearn", "model=x", "--threads=0"], "--threads"),
+])
+def test_bad_input_is_one_clear_message(args, message, tmp_path, capsys):
+    assert main([*args, f"output_dir={tmp_path / 'o'}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_malformed_data_line_is_named(tmp_path, capsys):
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "Q1?", "answer": "A1."}\n{"question": "Q2?", "answer": \n')
+    assert main(["finetune", f"data=[{{path: {data}}}]", f"output_dir={tmp_path / 'o'}"]) == 2
+    assert f"{data}:2" in capsys.readouterr().err
