@@ -76,8 +76,8 @@ def test_validation_of_nested_sections_runs():
 
 
 def test_partial_sections_keep_their_defaults():
-    cfg = load_config(DemoConfig, None, ["method.alpha=2", "unlearn.epochs=7"])
-    assert cfg.method == {"name": "palu", "top_k": 50, "first_n": 3, "alpha": 2}
+    cfg = load_config(DemoConfig, None, ["method.alpha=3", "unlearn.epochs=7"])
+    assert cfg.method == {"name": "palu", "top_k": 50, "first_n": 3, "alpha": 3}
     assert cfg.unlearn.epochs == 7 and cfg.unlearn.lr == DemoConfig().unlearn.lr
     cfg = load_config(UnlearnConfig, None, ["retain.limit=3"])
     assert cfg.retain.path == "synthetic" and cfg.retain.split == "retain" and cfg.retain.limit == 3

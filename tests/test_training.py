@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from palu.commands import UnlearnConfig, run_unlearn
+from palu.data.labels import encode
 from palu.data.prompts import PromptConfig
 from palu.data.sources import SyntheticConfig, synthetic
 from palu.data.synthetic import synthetic_splits
@@ -115,3 +116,29 @@ def test_unlearn_command_refuses_missing_model_and_unknown_method(tmp_path):
                                                                                holdout_authors=1))
     with pytest.raises(PaluError, match="valid methods: palu"):
         run_unlearn(bad)
+
+
+def test_gradient_checkpointing_and_bf16_give_the_same_kind_of_step(data, tmp_path):
+    splits, tok = data
+    plain, ckpt = small_model(tok), small_model(tok)
+    finetune(plain, tok, splits.retain[:8], cfg(epochs=1), PromptConfig(), tmp_path / "a", progress=False)
+    finetune(ckpt, tok, splits.retain[:8], cfg(epochs=1, gradient_checkpointing=True), PromptConfig(), tmp_path / "b",
+             progress=False)
+    assert torch.allclose(weights(plain), weights(ckpt), atol=1e-5)
+    assert ckpt.config.use_cache and not ckpt.is_gradient_checkpointing
+    half = small_model(tok)
+    history = finetune(half, tok, splits.retain[:8], cfg(epochs=1, bf16="true"), PromptConfig(), tmp_path / "c",
+                       progress=False)
+    assert torch.isfinite(torch.tensor(history[0]["loss"]))
+    assert not torch.equal(weights(half), weights(small_model(tok)))
+
+
+def test_over_long_answers_are_cut_with_one_counted_warning(data, tmp_path, caplog):
+    splits, tok = data
+    with caplog.at_level("WARNING", logger="palu"):
+        finetune(small_model(tok), tok, splits.retain[:6], cfg(epochs=1, max_length=50), PromptConfig(), tmp_path,
+                 progress=False)
+    cut = [r for r in caplog.records if "longer than max_length=50" in r.getMessage()]
+    longer = sum(len(encode(tok, it, PromptConfig(), 1000).input_ids) > 50 for it in splits.retain[:6])
+    assert 0 < longer < 6
+    assert len(cut) == 1 and cut[0].getMessage().startswith(f"{longer} of 6 examples")

@@ -51,7 +51,7 @@ class DemoConfig:
     finetune: TrainConfig = field(default_factory=scratch_train)
     unlearn: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=5e-4, batch_size=8,
                                                                      warmup_epochs=1, max_length=256))
-    method: dict = field(default_factory=lambda: {"name": "palu", "top_k": 50, "first_n": 3})
+    method: dict = field(default_factory=lambda: {"name": "palu", "top_k": 50, "first_n": 3, "alpha": 2.0})
     retain_eval_items: int = 100
     max_new_tokens: int = 64
 

@@ -2,19 +2,22 @@
 the frozen reference and the retain term. Methods are loss functions on top of these.
 
 The frozen original model is never kept in memory during training. Everything an objective needs
-from it is fixed, so :func:`palu.train.reference.build_reference` computes it once: the
+from it is fixed, so :func:`palu.train.reference.reference_hidden` computes it once: the
 reference's final hidden states at answer positions and a frozen copy of its output layer.
 Reference logits at any answer position are then one matrix product away.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from palu.data.labels import IGNORE_INDEX
+from palu.data.qa import QAItem
+from palu.errors import PaluError
 
 
 @dataclass
@@ -52,14 +55,20 @@ class Head:
         return out if self.bias is None else out + self.bias.mean().to(h.dtype)
 
 
-def final_hidden(model, batch: dict) -> torch.Tensor:
-    """Final (post-norm) hidden states [B, T, d], computing logits for one position only.
+def hidden_state(model, batch: dict, index: int = -1) -> torch.Tensor:
+    """Hidden states [B, T, d] at entry ``index`` of the model's ``hidden_states`` (0: embeddings,
+    i: output of block i-1, -1: final and post-norm), computing logits for one position only.
 
     Runs through the model's own forward so wrappers (DDP, PEFT) see the call.
     """
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 output_hidden_states=True, logits_to_keep=1, use_cache=False)
-    return out.hidden_states[-1]
+    return out.hidden_states[index]
+
+
+def final_hidden(model, batch: dict) -> torch.Tensor:
+    """Final (post-norm) hidden states [B, T, d]."""
+    return hidden_state(model, batch, -1)
 
 
 def answer_positions(batch: dict) -> torch.Tensor:
@@ -71,6 +80,52 @@ def at_answers(hidden: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.T
     """Hidden states at answer positions [N, d] and their target token ids [N], row-major order."""
     mask = answer_positions(batch)
     return hidden[:, :-1][mask], batch["labels"][:, 1:][mask]
+
+
+def answer_lengths(batch: dict) -> torch.Tensor:
+    """Number of answer positions of each sequence [B]: len(y)."""
+    return answer_positions(batch).sum(1)
+
+
+def sequence_sums(values: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Per-sequence sums [B] of per-position ``values`` [N] given at the answer positions, row-major."""
+    rows = answer_positions(batch).nonzero()[:, 0]
+    return values.new_zeros(batch["labels"].shape[0]).index_add(0, rows, values)
+
+
+def sequence_means(values: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Per-sequence means [B] over each sequence's answer positions."""
+    return sequence_sums(values, batch) / answer_lengths(batch).clamp_min(1)
+
+
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-position cross-entropy [N] in float32."""
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def answer_nll(model, batch: dict) -> torch.Tensor:
+    """NLL(y): the mean answer-token negative log-likelihood over the batch (a zero in the graph if none)."""
+    h, targets = at_answers(final_hidden(model, batch), batch)
+    return mean_or_zero(token_nll(Head.of(model).logits(h), targets), h)
+
+
+def sequence_logprob(h: torch.Tensor, batch: dict, head: Head) -> torch.Tensor:
+    """pi(y) [B]: each sequence's summed answer-token log-probability, from hidden states ``h`` [N, d]
+    at its answer positions. With ``batch["ref_hidden"]`` and the frozen head this is pi_ref, so
+    sequence-level methods need no reference model in memory."""
+    targets = batch["labels"][:, 1:][answer_positions(batch)]
+    return -sequence_sums(token_nll(head.logits(h), targets), batch)
+
+
+def log_ratio(model, batch: dict, ref_head: Head) -> torch.Tensor:
+    """pi_theta(y) - pi_ref(y) [B] on ``batch``, which must carry ``ref_hidden``."""
+    h, _ = at_answers(final_hidden(model, batch), batch)
+    return sequence_logprob(h, batch, Head.of(model)) - sequence_logprob(batch["ref_hidden"], batch, ref_head)
+
+
+def preference_loss(margin: torch.Tensor, beta: float) -> torch.Tensor:
+    """``-(2/beta) mean logsigma(beta * margin)``: the NPO / DPO form (0 if there is no margin)."""
+    return -(2.0 / beta) * mean_or_zero(F.logsigmoid(beta * margin.float()), margin)
 
 
 def kl_rows(logits: torch.Tensor, ref_logits: torch.Tensor, reverse: bool = False) -> torch.Tensor:
@@ -91,9 +146,74 @@ def retain_loss(model, batch: dict, ref_head: Head | None, kind: str) -> torch.T
 
     The KL direction is open-unlearning's; it is averaged over answer positions only.
     """
-    head = Head.of(model)
-    h, targets = at_answers(final_hidden(model, batch), batch)
-    logits = head.logits(h)
     if kind == "nll":
-        return F.cross_entropy(logits.float(), targets) if targets.numel() else logits.sum() * 0.0
+        return answer_nll(model, batch)
+    h, _ = at_answers(final_hidden(model, batch), batch)
+    logits = Head.of(model).logits(h)
     return mean_or_zero(kl_rows(logits, ref_head.logits(batch["ref_hidden"]), reverse=True), logits)
+
+
+RETAIN_LOSSES = ("nll", "kl")
+
+
+@dataclass
+class RetainOptions:
+    """The retain term's kind, shared by every objective that has ``R``.
+
+    Attributes:
+        retain_loss: "nll" (mean answer-token NLL on the retain example) or "kl"
+            (KL(P_ref || P_theta) on it; the reference hidden states on retain are then precomputed).
+    """
+
+    retain_loss: str = "nll"
+
+    def __post_init__(self) -> None:
+        if self.retain_loss not in RETAIN_LOSSES:
+            raise PaluError(f"method.retain_loss must be one of {', '.join(RETAIN_LOSSES)}, not {self.retain_loss!r}.")
+
+    @property
+    def needs_retain_reference(self) -> bool:
+        return self.retain_loss == "kl"
+
+
+@dataclass
+class WeightedOptions(RetainOptions):
+    """Options of the objectives ``gamma * L_f + alpha * R`` (open-unlearning's defaults: both 1).
+
+    Attributes:
+        gamma: weight of the forget term.
+        alpha: weight of the retain term.
+    """
+
+    gamma: float = 1.0
+    alpha: float = 1.0
+
+
+def weighted_total(model, batch: dict, ref_head: Head, forget: torch.Tensor, cfg: WeightedOptions) -> dict:
+    """``gamma * L_f + alpha * R`` with its logged terms, for a forget term computed by the method."""
+    ret = retain_loss(model, batch["retain"], ref_head, cfg.retain_loss)
+    return {"loss": cfg.gamma * forget + cfg.alpha * ret, "forget": forget.detach(), "retain": ret.detach()}
+
+
+@dataclass
+class Setup:
+    """What a method needs built once before training, beyond paired forget/retain batches whose
+    forget side carries ``ref_hidden`` (and the retain side too when ``needs_retain_reference``).
+
+    A method's ``prepare(cfg, model, forget_items, seed) -> Setup`` returns it; ``unlearn`` builds it.
+
+    Attributes:
+        extra: per forget example, another item (e.g. the same question with another answer):
+            ``batch[name]`` then holds them collated, with their own ``ref_hidden``.
+        retain_references: more reference states on retain examples: ``{batch key: index into
+            hidden_states}`` (see :func:`hidden_state`), at the answer positions.
+        trainable: names of the parameters to train; the others are frozen during training
+            (None: train all).
+        state: keyword arguments for every loss call (fixed tensors, or objects the loss updates).
+    """
+
+    extra: dict[str, list[QAItem]] = field(default_factory=dict)
+    retain_references: dict[str, int] = field(default_factory=dict)
+    trainable: set[str] | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+

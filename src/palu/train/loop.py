@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -115,6 +116,7 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
     Returns the per-epoch history (mean of each logged term, plus the hook's metrics).
     """
     set_seed(cfg.seed)
+    AcceleratorState._reset_state()  # keeps the process group; lets one process train with other precisions
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed_precision(cfg.bf16))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()

@@ -3,7 +3,8 @@
 Stored per example: the reference's final hidden states at answer positions ([n, d], on the CPU,
 in the model's dtype: d numbers per token instead of |V| log-probs). With a frozen copy of the
 output layer (:meth:`palu.methods.common.Head.frozen_copy`) every reference logit an objective
-needs is recomputed on demand.
+needs is recomputed on demand. Methods that compare inner activations (RMU) ask for another
+layer's states the same way.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ import torch
 from tqdm.auto import tqdm
 
 from palu.data.labels import Encoded, collate
-from palu.methods.common import answer_positions, final_hidden
+from palu.methods.common import answer_positions, hidden_state
 
 
 @torch.no_grad()
 def reference_hidden(model, examples: list[Encoded], pad_id: int, batch_size: int = 16,
-                     progress: bool = False) -> list[torch.Tensor]:
-    """Final hidden states of ``model`` at each example's answer positions, batched by length."""
+                     progress: bool = False, index: int = -1) -> list[torch.Tensor]:
+    """Hidden states of ``model`` at each example's answer positions, batched by length.
+
+    ``index`` picks the entry of ``hidden_states`` (-1: final, post-norm; see
+    :func:`palu.methods.common.hidden_state`).
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -28,7 +33,7 @@ def reference_hidden(model, examples: list[Encoded], pad_id: int, batch_size: in
     for start in tqdm(starts, desc="reference", disable=not progress, leave=False):
         idx = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
-        hidden = final_hidden(model, batch)[:, :-1]
+        hidden = hidden_state(model, batch, index)[:, :-1]
         mask = answer_positions(batch)
         for row, i in enumerate(idx):
             out[i] = hidden[row][mask[row]].cpu()

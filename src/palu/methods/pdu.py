@@ -1,0 +1,65 @@
+"""PDU: primal-dual unlearning with logit-margin flattening (Entesari et al., "Constrained Entropic
+Unlearning: A Primal-Dual Framework for Large Language Models", arXiv 2506.05314).
+
+The forget term flattens the full-vocabulary logits at every answer position (the entropic
+baseline PALU localises); the retain loss is a constraint ``R <= eps`` whose multiplier grows
+while the constraint is violated and shrinks (to 0 at least) while it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from palu.methods.common import (Head, RetainOptions, Setup, at_answers, final_hidden, mean_or_zero,
+                                 retain_loss)
+
+
+@dataclass
+class PDUConfig(RetainOptions):
+    """PDU's options (open-unlearning's defaults with the dual update on, per step).
+
+    Attributes:
+        lambda_f: weight of the forget term.
+        lambda_r: initial retain multiplier.
+        eta: dual step size.
+        eps: the retain-loss bound; 0 makes the multiplier grow every step, so set it to the retain
+            loss you accept (e.g. a little above the original model's).
+        retain_loss: see :class:`palu.methods.common.RetainOptions`.
+    """
+
+    lambda_f: float = 1.0
+    lambda_r: float = 1.0
+    eta: float = 1.0
+    eps: float = 0.0
+
+
+class Multiplier:
+    """lambda_r for one run, updated by dual ascent ``max(0, lambda_r + eta (R - eps))`` after each step."""
+
+    def __init__(self, value: float, eta: float, eps: float):
+        self.value, self.eta, self.eps = value, eta, eps
+
+    def update(self, retain: float) -> None:
+        self.value = max(0.0, self.value + self.eta * (retain - self.eps))
+
+
+def pdu_prepare(cfg: PDUConfig, model, forget, seed: int) -> Setup:
+    return Setup(state={"multiplier": Multiplier(cfg.lambda_r, cfg.eta, cfg.eps)})
+
+
+def pdu_loss(model, batch: dict, ref_head: Head, cfg: PDUConfig, multiplier: Multiplier) -> dict[str, torch.Tensor]:
+    """``lambda_f * mean_t (max_v z_t - mean_v z_t)^2 + lambda_r * (R - eps)``, then the dual step.
+
+    The logged ``lambda_r`` is the multiplier this step used.
+    """
+    forget = batch["forget"]
+    h, _ = at_answers(final_hidden(model, forget), forget)
+    z = Head.of(model).logits(h).float()
+    flat = mean_or_zero((z.max(-1).values - z.mean(-1)) ** 2, z)
+    ret = retain_loss(model, batch["retain"], ref_head, cfg.retain_loss)
+    used = multiplier.value
+    total = cfg.lambda_f * flat + used * (ret - cfg.eps)
+    multiplier.update(float(ret.detach()))
+    return {"loss": total, "forget": flat.detach(), "retain": ret.detach(), "lambda_r": torch.tensor(used)}
