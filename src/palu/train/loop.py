@@ -119,8 +119,7 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
     AcceleratorState._reset_state()  # keeps the process group; lets one process train with other precisions
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed_precision(cfg.bf16))
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
+        _checkpointing(model, True)
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -167,9 +166,15 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
     model = accelerator.unwrap_model(model)
     model.eval()
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_disable()
-        model.config.use_cache = True
+        _checkpointing(model, False)
     return history
+
+
+def _checkpointing(model, on: bool) -> None:
+    """Activation checkpointing on or off (transformers 5 renamed gradient_ to activation_checkpointing)."""
+    prefix = "activation" if hasattr(model, "activation_checkpointing_enable") else "gradient"
+    getattr(model, f"{prefix}_checkpointing_{'enable' if on else 'disable'}")()
+    model.config.use_cache = not on
 
 
 def _save_checkpoint(accelerator: Accelerator, ckpt: Path, history: list[dict]) -> None:

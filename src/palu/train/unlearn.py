@@ -1,20 +1,27 @@
 """Unlearning: forget examples paired with random retain examples, the reference computed once,
-and a registered method's loss, through the shared training loop."""
+and a registered method's loss, through the shared training loop.
+
+A method may ask for more through its ``prepare`` hook (:class:`palu.methods.common.Setup`):
+extra per-forget-example sequences (IdkDPO's refusals), reference states at another layer on
+retain examples (RMU), a subset of trainable parameters (RMU) or per-run state (PDU's multiplier).
+All of it is built here, once.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from palu.data.labels import collate, encode_all
+from palu.data.labels import Encoded, collate, encode_all
 from palu.data.prompts import PromptConfig
 from palu.data.qa import QAItem
 from palu.errors import PaluError
 from palu.methods import get_method
-from palu.methods.common import Head
+from palu.methods.common import Head, Setup
 from palu.train.loop import EpochData, TrainConfig, train
 from palu.train.reference import reference_hidden
 
@@ -22,19 +29,35 @@ log = logging.getLogger(__name__)
 
 
 def paired_collate(pad_id: int):
-    """Batch (forget, forget_ref, retain, retain_ref) tuples into {"forget": ..., "retain": ...}."""
-
-    def side(examples, refs):
-        batch = collate(examples, pad_id)
-        if refs[0] is not None:
-            batch["ref_hidden"] = torch.cat(refs, dim=0)
-        return batch
+    """Batch rows ``{side: (example, {key: reference states})}`` into ``{side: tensors + references}``."""
 
     def fn(rows):
-        f, fr, r, rr = zip(*rows)
-        return {"forget": side(f, fr), "retain": side(r, rr)}
+        out = {}
+        for side in rows[0]:
+            examples, refs = zip(*(row[side] for row in rows))
+            batch = collate(list(examples), pad_id)
+            for key in refs[0]:
+                batch[key] = torch.cat([r[key] for r in refs], dim=0)
+            out[side] = batch
+        return out
 
     return fn
+
+
+@contextmanager
+def train_only(model, names: set[str] | None):
+    """Freeze every parameter not in ``names`` for the duration (None: change nothing)."""
+    if names is None:
+        yield
+        return
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
+    for name, p in model.named_parameters():
+        p.requires_grad_(before[name] and name in names)
+    try:
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(before[name])
 
 
 def unlearn(model, tokenizer, forget: list[QAItem], retain: list[QAItem], method: str, method_cfg,
@@ -48,23 +71,36 @@ def unlearn(model, tokenizer, forget: list[QAItem], retain: list[QAItem], method
     if unmarked:
         log.warning("%d of %d forget items have no sensitive span (first: %s); they only get the ordinary-token "
                     "constraint.", len(unmarked), len(forget), unmarked[0])
-    forget_enc = encode_all(tokenizer, forget, prompt, train_cfg.max_length)
-    retain_enc = encode_all(tokenizer, retain, prompt, train_cfg.max_length)
-    ref_head = Head.of(model).frozen_copy()
+    setup = spec.prepare(method_cfg, model, forget, train_cfg.seed) if spec.prepare else Setup()
     pad = tokenizer.pad_token_id
-    forget_ref = reference_hidden(model, forget_enc, pad, train_cfg.batch_size, progress)
-    needs_retain = getattr(method_cfg, "needs_retain_reference", False)
-    retain_ref = reference_hidden(model, retain_enc, pad, train_cfg.batch_size, progress) if needs_retain else None
 
-    def fetch(i: int, epoch: int):
+    def encoded_with_references(items: list[QAItem], indices: dict[str, int]):
+        """Encoded items and, per item, ``{key: reference hidden states at hidden_states[index]}``."""
+        enc = encode_all(tokenizer, items, prompt, train_cfg.max_length)
+        refs = {key: reference_hidden(model, enc, pad, train_cfg.batch_size, progress, index)
+                for key, index in indices.items()}
+        return enc, [{key: states[i] for key, states in refs.items()} for i in range(len(enc))]
+
+    ref_head = Head.of(model).frozen_copy()
+    per_forget = {"forget": encoded_with_references(forget, {"ref_hidden": -1})}
+    per_forget.update({name: encoded_with_references(items, {"ref_hidden": -1}) for name, items in setup.extra.items()})
+    retain_indices = dict(setup.retain_references)
+    if getattr(method_cfg, "needs_retain_reference", False):
+        retain_indices["ref_hidden"] = -1
+    retain_enc, retain_refs = encoded_with_references(retain, retain_indices)
+
+    def fetch(i: int, epoch: int) -> dict[str, tuple[Encoded, dict]]:
         j = random.Random(f"{train_cfg.seed}:{epoch}:{i}").randrange(len(retain_enc))
-        return forget_enc[i], forget_ref[i], retain_enc[j], None if retain_ref is None else retain_ref[j]
+        row = {side: (enc[i], refs[i]) for side, (enc, refs) in per_forget.items()}
+        row["retain"] = (retain_enc[j], retain_refs[j])
+        return row
 
-    data = EpochData(len(forget_enc), fetch, train_cfg.seed)
+    data = EpochData(len(forget), fetch, train_cfg.seed)
 
     def step(model, batch):
         nonlocal ref_head
         ref_head = ref_head.to(batch["forget"]["input_ids"].device)
-        return spec.loss(model, batch, ref_head, method_cfg)
+        return spec.loss(model, batch, ref_head, method_cfg, **setup.state)
 
-    return train(model, data, paired_collate(pad), step, train_cfg, out_dir, resume, on_epoch_end, progress)
+    with train_only(model, setup.trainable):
+        return train(model, data, paired_collate(pad), step, train_cfg, out_dir, resume, on_epoch_end, progress)
