@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from palu.data.labels import ORDINARY, select_prefix
 from palu.errors import PaluError
-from palu.methods.common import Head, answer_positions, final_hidden, kl_rows, mean_or_zero, retain_loss
+from palu.methods.common import Head, answer_positions, final_hidden, mean_or_zero, retain_loss
+from palu.methods.fused import head_loss_sum, ref_argmax
 
 
 @dataclass
@@ -73,11 +73,12 @@ def local_entropy(h: torch.Tensor, ref_h: torch.Tensor, head: Head, ref_head: He
 
 def ordinary_constraint(h: torch.Tensor, ref_h: torch.Tensor, head: Head, ref_head: Head,
                         kind: str) -> torch.Tensor:
-    """Per-position distance of the current next-token distribution to the reference's."""
-    logits, ref_logits = head.logits(h), ref_head.logits(ref_h)
+    """Mean distance of the current next-token distributions to the reference's, chunked over rows."""
+    if not len(h):
+        return h.sum() * 0.0
     if kind == "nll":
-        return F.cross_entropy(logits.float(), ref_logits.argmax(-1), reduction="none")
-    return kl_rows(logits, ref_logits, reverse=kind == "reverse_kl")
+        return head_loss_sum(h, head, "ce", targets=ref_argmax(ref_h, ref_head)) / len(h)
+    return head_loss_sum(h, head, kind, ref_h=ref_h, ref_head=ref_head) / len(h)
 
 
 def palu_loss(model, batch: dict, ref_head: Head, cfg: PaluConfig) -> dict[str, torch.Tensor]:
@@ -94,7 +95,7 @@ def palu_loss(model, batch: dict, ref_head: Head, cfg: PaluConfig) -> dict[str, 
     ordinary = (forget["token_class"][:, 1:] == ORDINARY)[answers]
     ref_h = forget["ref_hidden"]
     sens = mean_or_zero(local_entropy(h[selected], ref_h[selected], head, ref_head, cfg.top_k, cfg.target), h)
-    ord_ = mean_or_zero(ordinary_constraint(h[ordinary], ref_h[ordinary], head, ref_head, cfg.constraint), h)
+    ord_ = ordinary_constraint(h[ordinary], ref_h[ordinary], head, ref_head, cfg.constraint)
     ret = retain_loss(model, batch["retain"], ref_head, cfg.retain_loss)
     total = cfg.gamma * sens + cfg.alpha * ret + cfg.alpha * ord_
     return {"loss": total, "forget": sens.detach(), "ordinary": ord_.detach(), "retain": ret.detach()}
