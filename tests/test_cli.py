@@ -69,3 +69,11 @@ def test_malformed_data_line_is_named(tmp_path, capsys):
     data.write_text('{"question": "Q1?", "answer": "A1."}\n{"question": "Q2?", "answer": \n')
     assert main(["finetune", f"data=[{{path: {data}}}]", f"output_dir={tmp_path / 'o'}"]) == 2
     assert f"{data}:2" in capsys.readouterr().err
+
+
+def test_demo_with_a_lora_adapter(tmp_path):
+    out = tmp_path / "lora"
+    assert main(["demo", f"output_dir={out}", "peft=lora", "peft.r=4", "unlearn.lr=1e-2", *TINY]) == 0
+    assert "peft" in (out / "unlearned" / "config.yaml").read_text()
+    full = json.loads((out / "summary.json").read_text())
+    assert full["unlearned"]["forget_Q_A_Prob"] != full["full"]["forget_Q_A_Prob"]

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from palu.adapters import AdapterConfig, add_adapter, for_saving
 from palu.config import build
 from palu.data.loaders import DataSource
 from palu.data.prompts import PromptConfig
@@ -70,6 +71,7 @@ class UnlearnConfig:
     Attributes:
         model: the model to unlearn from (hub id or folder); it is also the frozen reference.
         method: ``name`` plus that method's options (see ``palu.methods``).
+        peft: train a LoRA adapter instead of all weights (``peft=lora``).
     """
 
     model: str = ""
@@ -77,6 +79,7 @@ class UnlearnConfig:
     forget: DataSource = field(default_factory=lambda: synthetic("forget"))
     retain: DataSource = field(default_factory=lambda: synthetic("retain"))
     method: dict = field(default_factory=lambda: {"name": "palu"})
+    peft: AdapterConfig | None = None
     output_dir: str = "runs/unlearn"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -156,9 +159,11 @@ def run_unlearn(cfg: UnlearnConfig, overwrite: bool = False, resume: bool = Fals
         return out / MODEL_DIR
     forget, retain = load_items(cfg.forget, cfg.synthetic), load_items(cfg.retain, cfg.synthetic)
     model, tok = _load(cfg)
+    if cfg.peft is not None:
+        model = add_adapter(model, cfg.peft)
     save_config(out, cfg)
     history = unlearn(model, tok, forget, retain, name, mcfg, cfg.train, cfg.prompt, out, resume, progress=progress)
-    return finish(out, model, tok, history)
+    return finish(out, for_saving(model, cfg.peft), tok, history)
 
 
 def run_eval(cfg: EvalConfig, overwrite: bool = False, progress: bool = True) -> dict:

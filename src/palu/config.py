@@ -28,6 +28,8 @@ def parse_overrides(pairs: list[str]) -> dict:
         node = out
         *parents, leaf = key.split(".")
         for part in parents:
+            if isinstance(node.get(part), str):  # `peft=lora peft.r=4`: the name, then options
+                node[part] = {"name": node[part]}
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise PaluError(f"override {pair!r} sets inside {part!r}, which is not a section.")
@@ -139,8 +141,9 @@ def load_config(cls: type, path: str | None, overrides: list[str]) -> Any:
     """The ``cls`` config from an optional YAML file plus command-line overrides."""
     data = read_yaml(path) if path else {}
     over = parse_overrides(overrides)
-    if isinstance(over.get("method"), str):  # `method=npo` picks a method by name
-        over["method"] = {"name": over["method"]}
+    for section in ("method", "peft"):  # `method=npo`, `peft=lora` pick one by name
+        if isinstance(over.get(section), str):
+            over[section] = {"name": over[section]}
     if isinstance(over.get("method"), dict) and "name" in over["method"] and isinstance(data.get("method"), dict) \
             and data["method"].get("name") != over["method"]["name"]:
         data = {**data, "method": {}}  # another method: the file's method options no longer apply

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from palu.adapters import AdapterConfig
 from palu.commands import (
     EvalConfig, FinetuneConfig, ScratchConfig, UnlearnConfig, qa_texts, run_eval, run_finetune, run_unlearn,
     scratch_train,
@@ -40,6 +41,7 @@ class DemoConfig:
         finetune: training of the target and retain models from scratch.
         unlearn: training settings of the unlearning run.
         method: the unlearning method and its options.
+        peft: unlearn through a LoRA adapter (``peft=lora``) instead of all weights.
         retain_eval_items: retain items evaluated (the first ones), to keep evaluation quick.
         max_new_tokens: generation length for ROUGE (the built-in answers are short).
     """
@@ -52,6 +54,7 @@ class DemoConfig:
     unlearn: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=5e-4, batch_size=8,
                                                                      warmup_epochs=1, max_length=256))
     method: dict = field(default_factory=lambda: {"name": "palu", "top_k": 50, "first_n": 3, "alpha": 2.0})
+    peft: AdapterConfig | None = None
     retain_eval_items: int = 100
     max_new_tokens: int = 64
 
@@ -72,8 +75,8 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False, resume: bool = False, pro
         ft = FinetuneConfig(model="scratch", tokenizer=str(tok_dir), data=[synthetic(split)], output_dir=str(out / name),
                             scratch=cfg.scratch, train=cfg.finetune, **common)
         models[name] = run_finetune(ft, resume=True, progress=progress)
-    ul = UnlearnConfig(model=str(models["full"]), method=dict(cfg.method), output_dir=str(out / "unlearned"),
-                       train=cfg.unlearn, **common)
+    ul = UnlearnConfig(model=str(models["full"]), method=dict(cfg.method), peft=cfg.peft,
+                       output_dir=str(out / "unlearned"), train=cfg.unlearn, **common)
     models["unlearned"] = run_unlearn(ul, resume=True, progress=progress)
     evaluation = EvalConfig(retain=synthetic("retain", cfg.retain_eval_items), max_new_tokens=cfg.max_new_tokens,
                             max_length=max(cfg.finetune.max_length, cfg.unlearn.max_length), **common)

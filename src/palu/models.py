@@ -74,9 +74,13 @@ def load_tokenizer(name_or_path: str):
 
 
 def load_model(name_or_path: str, dtype: str = "auto"):
-    """A causal LM from the hub or a folder, on the CPU, in ``dtype`` ("auto", "float32", "bfloat16")."""
+    """A causal LM from the hub or a folder (a LoRA adapter folder too), in ``dtype`` ("auto", "float32", "bfloat16")."""
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     try:
+        if (Path(name_or_path) / "adapter_config.json").exists():  # a saved LoRA adapter: merge it
+            from peft import AutoPeftModelForCausalLM
+
+            return AutoPeftModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype).merge_and_unload()
         return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype)
     except OSError as exc:
         hint = "" if Path(name_or_path).exists() else " (is it a hub id you can reach, or a folder that exists?)"
