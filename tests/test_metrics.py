@@ -16,18 +16,30 @@ from palu.errors import PaluError
 from palu.eval.core import evaluate_core, summary
 from palu.eval.metrics import (
     METRICS,
+    MODEL_UTILITY_PARTS,
+    OPEN_UNLEARNING_EPS,
     MetricSpec,
     aggregate_forget_truth_ratio,
     aggregate_retain_truth_ratio,
     answer_prob,
+    extraction_strength,
     forget_quality,
     get_metric,
+    mean_result,
+    mia_auc,
+    mia_result,
+    min_k_plus_plus_score,
+    min_k_score,
+    model_utility,
+    normalised_prob,
+    privleak,
     register,
     result,
     rouge_l_recall,
     truth_ratio,
 )
-from palu.eval.scoring import answer_nll, generate, multi_answer_nll
+from palu.eval.scoring import answer_nll, generate, multi_answer_nll, score_answers
+from palu.eval.tofu import evaluate_tofu
 from palu.io import read_json, write_json
 from palu.models import tiny_llama, train_bpe_tokenizer
 
@@ -251,3 +263,144 @@ def test_evaluate_core_refuses_partly_perturbed_split(tiny):
     forget[2] = QAItem(forget[2].question, forget[2].answer, source="test[2]")
     with pytest.raises(PaluError, match=r"test\[2\]"):
         evaluate_core(model, tok, forget, _retain_items(), PROMPT, max_new_tokens=2)
+
+
+# --- the full suite: pure pieces ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hits, strength", [
+    ([1, 1, 1, 1], 1.0), ([0, 1, 1, 1], 0.75), ([1, 0, 1, 1], 0.5), ([0, 0, 0, 1], 0.25),
+    ([1, 1, 1, 0], 0.25), ([0, 0, 0, 0], 0.25),  # last token missed: 1/n as open-unlearning, not 0
+])
+def test_extraction_strength_on_hand_made_hits(hits, strength):
+    assert extraction_strength(np.array(hits, dtype=bool)) == pytest.approx(strength)
+
+
+def test_min_k_scores_match_slow_versions():
+    rng = np.random.default_rng(1)
+    lp, mu, sigma2 = -rng.exponential(size=13), -rng.exponential(size=13), rng.uniform(0.1, 2, size=13)
+    lowest = sorted(lp)[:5]  # int(13 * 0.4) = 5
+    assert min_k_score(lp) == pytest.approx(-sum(lowest) / 5)
+    z = sorted((a - m) / math.sqrt(s) for a, m, s in zip(lp, mu, sigma2))
+    assert min_k_plus_plus_score(lp, mu, sigma2) == pytest.approx(-sum(z[:5]) / 5)
+    assert min_k_score(lp[:2]) == -min(lp[:2])  # at least one token
+
+
+def test_normalised_prob_mean_result_and_model_utility():
+    assert normalised_prob([0.5, 0.2], [[0.25, 0.25], [0.1]]) == pytest.approx([0.5, 2 / 3])
+    res = mean_result("ra_Q_A_Prob", [0.5, None, 0.25])
+    assert res["agg_value"] == 0.375 and res["value_by_index"]["1"] is None
+    assert mean_result("ra_Q_A_Prob", None)["agg_value"] is None
+    parts = dict(zip(MODEL_UTILITY_PARTS, [0.9, 0.8, 0.5, 0.6, 0.9, 0.4, 0.5, 0.9, 0.6]))
+    assert model_utility(parts) == pytest.approx(9 / sum(1 / v for v in parts.values()))
+    assert model_utility({**parts, "wf_truth_ratio": None}) is None
+
+
+def test_mia_auc_privleak_and_directions():
+    assert mia_auc([0.1, 0.2], [0.3, 0.4]) == 1.0 and mia_auc([0.3, 0.4], [0.1, 0.2]) == 0.0
+    res = mia_result("mia_loss", [0.1, 0.35], [0.3, 0.4])
+    assert res["agg_value"] == 0.75 and res["value_by_index"]["holdout"] == {"0": 0.3, "1": 0.4}
+    assert privleak(1.0, 0.5) == -100.0 and privleak(0.5, 0.5) == 0.0 and privleak(0.25, 0.5) == 50.0
+    assert privleak(0.8, None) is None and privleak(0.8, 1.0) is None
+    guarded = privleak(1.0, 0.5, OPEN_UNLEARNING_EPS)
+    assert guarded == pytest.approx(-100.0, rel=1e-9) and guarded != -100.0
+    assert METRICS["privleak"].higher_is_better is None and not METRICS["mia_min_k"].higher_is_better
+    assert METRICS["model_utility"].higher_is_better and not METRICS["extraction_strength"].higher_is_better
+
+
+def test_eps_is_the_reference_guard():
+    tr = truth_ratio([1.0, 2.0], [[1.5], [0.5, 1.0]], eps=OPEN_UNLEARNING_EPS)
+    slow = [math.exp(-1.5) / (math.exp(-1.0) + 1e-10), math.exp(-0.75) / (math.exp(-2.0) + 1e-10)]
+    assert tr.tolist() == slow
+    assert aggregate_forget_truth_ratio(tr, OPEN_UNLEARNING_EPS) == np.mean(np.minimum(tr, 1 / (tr + 1e-10)))
+
+
+# --- the full suite on a tiny model ------------------------------------------------------------
+
+
+def _slow_token_stats(model, tok, item):
+    """One item: log p, hit, mu and sigma^2 at every answer position but the last, by an explicit loop."""
+    enc = encode(tok, item, PROMPT, 512)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([enc.input_ids])).logits[0]
+    out = []
+    positions = [t for t in range(len(enc.labels) - 1) if enc.labels[t + 1] != IGNORE_INDEX][:-1]
+    for t in positions:
+        logp = torch.log_softmax(logits[t].double(), -1)
+        label = enc.labels[t + 1]
+        mu = float((logp.exp() * logp).sum())
+        out.append((float(logp[label]), int(logp.argmax()) == label, mu, float((logp.exp() * logp**2).sum()) - mu**2))
+    return [np.array(col) for col in zip(*out)]
+
+
+def _reference_extraction_strength(hits):
+    """open-unlearning's search loop, written out."""
+    n = len(hits)
+    for k in range(n):
+        if all(hits[k:]):
+            break
+    return 1 - k / n
+
+
+def test_score_answers_token_stats_match_slow_loop(tiny):
+    tok, model = tiny
+    items = _items()
+    scores = score_answers(model, tok, items, PROMPT, batch_size=2, vocab_stats=True)
+    for item, t in zip(items, scores.tokens):
+        lp, hit, mu, sigma2 = _slow_token_stats(model, tok, item)
+        assert np.allclose(t.logprob, lp, atol=1e-4) and (t.hit == hit).all()
+        assert np.allclose(t.mu, mu, atol=1e-4) and np.allclose(t.sigma2, sigma2, atol=1e-3)
+        assert extraction_strength(t.hit) == pytest.approx(_reference_extraction_strength(list(hit)))
+    assert score_answers(model, tok, items[:1], PROMPT).tokens[0].mu is None
+
+
+def _general_items():
+    return [QAItem("Who wrote Hamlet?", "William Shakespeare.", perturbed_answers=["Ben Jonson.", "Marlowe."],
+                   source="ra[0]"),
+            QAItem("What is the capital of Norway?", "Oslo.", perturbed_answers=["Bergen.", "Rome.", "Lima."],
+                   source="ra[1]")]
+
+
+def _holdout_items():
+    return [QAItem("Where was Cy Rud born?", "Cy Rud was born in Lima in 1970.", source="holdout[0]"),
+            QAItem("What does Cy Rud write?", "He writes poems about the sea.", source="holdout[1]"),
+            QAItem("Which prize did Cy Rud win?", "The Booker Prize in 1999.", source="holdout[2]")]
+
+
+def test_evaluate_tofu_full_suite(tiny):
+    tok, model = tiny
+    retain = [QAItem(it.question, it.answer, paraphrased_answer=it.answer + " Yes.", perturbed_answers=["No."],
+                     source=it.source) for it in _retain_items()]
+    sets = {"forget": _items(), "retain": retain, "real_authors": _general_items(), "world_facts": _general_items(),
+            "holdout": _holdout_items()}
+    res = evaluate_tofu(model, tok, sets, PROMPT, batch_size=4, max_new_tokens=4)
+    expected = set(CORE) | set(MODEL_UTILITY_PARTS) | {"extraction_strength", "model_utility", "privleak",
+                                                       "ra_Q_A_Prob", "wf_Q_A_Prob", "mia_loss", "mia_zlib",
+                                                       "mia_min_k", "mia_min_k_plus_plus"}
+    assert set(res) == expected
+    for name, r in res.items():
+        assert r["higher_is_better"] == METRICS[name].higher_is_better
+    assert res["forget_quality"]["agg_value"] is None and res["privleak"]["agg_value"] is None  # no reference
+    assert res["model_utility"]["agg_value"] == model_utility(summary(res))
+    assert res["model_utility"]["value_by_index"] == {name: res[name]["agg_value"] for name in MODEL_UTILITY_PARTS}
+    assert len(res["mia_min_k"]["value_by_index"]["holdout"]) == 3
+    assert 0 <= res["mia_zlib"]["agg_value"] <= 1
+    assert res["mia_loss"]["value_by_index"]["forget"]["0"] == pytest.approx(-math.log(
+        res["forget_Q_A_Prob"]["value_by_index"]["0"]))
+    again = evaluate_tofu(model, tok, {"forget": _items(), "holdout": _holdout_items()}, PROMPT,
+                          retain_reference=json.loads(json.dumps(res)), batch_size=2, max_new_tokens=4)
+    assert again["forget_quality"]["agg_value"] == pytest.approx(1.0)  # the model is its own retain model
+    assert again["privleak"]["agg_value"] == pytest.approx(0.0, abs=1e-6)
+    assert "model_utility" not in again and "retain_Q_A_Prob" not in again
+
+
+def test_evaluate_tofu_refuses_bad_sets(tiny):
+    tok, model = tiny
+    with pytest.raises(PaluError, match="forget set too"):
+        evaluate_tofu(model, tok, {"holdout": _holdout_items()}, PROMPT)
+    with pytest.raises(PaluError, match="valid sets"):
+        evaluate_tofu(model, tok, {"real_author": _general_items()}, PROMPT)
+    general = _general_items()
+    general[1] = QAItem(general[1].question, general[1].answer, source="ra[1]")
+    with pytest.raises(PaluError, match=r"ra\[1\]: no perturbed answers"):
+        evaluate_tofu(model, tok, {"real_authors": general}, PROMPT, max_new_tokens=2)

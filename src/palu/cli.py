@@ -7,6 +7,7 @@ and prints where its outputs went. Errors in the input are printed as one messag
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -36,6 +37,12 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
         if name != "eval":
             c.add_argument("--resume", action="store_true", help="continue an interrupted run in its output folder")
+        else:
+            c.add_argument("--from-open-unlearning", metavar="EVAL.json",
+                           help="no model: recompute the aggregates of an open-unlearning TOFU_EVAL.json with "
+                                "palu's metric code and print them as JSON")
+            c.add_argument("--retain-log", metavar="RETAIN_EVAL.json",
+                           help="with --from-open-unlearning: the retain model's log (forget quality, privleak)")
         c.add_argument("--threads", type=int, default=None,
                        help=f"CPU threads for torch (default: PALU_THREADS or {default_threads()})")
         c.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -75,6 +82,14 @@ def run(args) -> str:
     if args.command == "unlearn":
         cfg = load_config(commands.UnlearnConfig, args.config, args.overrides)
         return f"unlearned model saved to {commands.run_unlearn(cfg, args.overwrite, resume, progress).resolve()}"
+    if args.from_open_unlearning or args.retain_log:
+        from palu.eval.open_unlearning import recompute_files
+
+        if not args.from_open_unlearning:
+            raise PaluError("--retain-log goes with --from-open-unlearning EVAL.json.")
+        if args.config or args.overrides:
+            raise PaluError("--from-open-unlearning reads a log and takes no --config or key=value overrides.")
+        return json.dumps(summary(recompute_files(args.from_open_unlearning, args.retain_log)), indent=2)
     cfg = load_config(commands.EvalConfig, args.config, args.overrides)
     results = commands.run_eval(cfg, args.overwrite, progress)
     lines = [f"{k}: {'n/a' if v is None else f'{v:.4g}'}" for k, v in summary(results).items()]

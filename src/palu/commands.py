@@ -13,7 +13,8 @@ from palu.data.prompts import PromptConfig
 from palu.data.qa import QAItem
 from palu.data.sources import SyntheticConfig, load_items, synthetic
 from palu.errors import PaluError
-from palu.eval.core import evaluate_core, summary
+from palu.eval.core import summary
+from palu.eval.tofu import SETS, evaluate_tofu
 from palu.io import prepare_output_dir, read_json, write_json
 from palu.methods import get_method
 from palu.models import load_model, load_tokenizer, tiny_llama, train_bpe_tokenizer
@@ -88,17 +89,25 @@ class UnlearnConfig:
 
 @dataclass
 class EvalConfig:
-    """``palu eval``: the core TOFU metrics of a model on forget and retain data.
+    """``palu eval``: the TOFU metrics of a model on forget and retain data, and on the optional sets.
 
     Attributes:
-        retain_reference: results.json of the retain model on the same forget data; forget
-            quality needs it and is reported as unavailable without it.
+        real_authors, world_facts: general-knowledge sets (TOFU's ``*_perturbed`` files); with
+            both, model utility is reported. Not evaluated when None.
+        holdout: items no model was trained on (``synthetic("holdout")`` for the built-in data);
+            gives the membership-inference AUCs and privleak. Not evaluated when None.
+        retain_reference: results.json of the retain model on the same data (or an
+            open-unlearning TOFU_EVAL.json); forget quality and privleak need it and are reported
+            as unavailable without it.
     """
 
     model: str = ""
     tokenizer: str | None = None
     forget: DataSource = field(default_factory=lambda: synthetic("forget"))
     retain: DataSource = field(default_factory=lambda: synthetic("retain"))
+    real_authors: DataSource | None = None
+    world_facts: DataSource | None = None
+    holdout: DataSource | None = None
     retain_reference: str | None = None
     output_dir: str = "runs/eval"
     batch_size: int = 16
@@ -171,10 +180,11 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False, progress: bool = True) ->
     _require_model(cfg)
     out = prepare_output_dir(cfg.output_dir, overwrite)
     reference = read_json(cfg.retain_reference) if cfg.retain_reference else None
-    forget, retain = load_items(cfg.forget, cfg.synthetic), load_items(cfg.retain, cfg.synthetic)
+    sources = {name: getattr(cfg, name) for name in SETS}
+    sets = {name: load_items(source, cfg.synthetic) for name, source in sources.items() if source is not None}
     model, tok = _load(cfg)
     save_config(out, cfg)
-    results = evaluate_core(model, tok, forget, retain, cfg.prompt, reference, cfg.batch_size, cfg.max_new_tokens,
+    results = evaluate_tofu(model, tok, sets, cfg.prompt, reference, cfg.batch_size, cfg.max_new_tokens,
                             cfg.max_length, progress=progress)
     write_json(out / "results.json", results)
     write_json(out / "summary.json", summary(results))

@@ -29,11 +29,13 @@ class Head:
 
     @classmethod
     def of(cls, model) -> Head:
-        layer = model.get_output_embeddings()
+        layer = getattr(model, "module", model).get_output_embeddings()  # through a DDP wrapper
         return cls(layer.weight, getattr(layer, "bias", None))
 
     def frozen_copy(self) -> Head:
-        return Head(self.weight.detach().clone(), None if self.bias is None else self.bias.detach().clone())
+        """The layer as it is now; cloned only if training can change it (not under a LoRA adapter)."""
+        copy = lambda t: None if t is None else (t.detach().clone() if t.requires_grad else t.detach())
+        return Head(copy(self.weight), copy(self.bias))
 
     def to(self, device) -> Head:
         if self.weight.device == torch.device(device):

@@ -60,6 +60,7 @@ def idkdpo_prepare(cfg: IdkDPOConfig, model, forget: list[QAItem], seed: int) ->
 
 
 def idkdpo_loss(model, batch: dict, ref_head: Head, cfg: IdkDPOConfig) -> dict[str, torch.Tensor]:
-    """``gamma * -(2/beta) mean logsigma(beta [(pi_theta - pi_ref)(y_idk) - (pi_theta - pi_ref)(y_forget)]) + alpha * R``."""
+    """``gamma * L_f + alpha * R``, with
+    ``L_f = -(2/beta) mean logsigma(beta [(pi_theta - pi_ref)(y_idk) - (pi_theta - pi_ref)(y_forget)])``."""
     margin = log_ratio(model, batch["idk"], ref_head) - log_ratio(model, batch["forget"], ref_head)
     return weighted_total(model, batch, ref_head, preference_loss(margin, cfg.beta), cfg)

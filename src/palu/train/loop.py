@@ -117,13 +117,15 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
     """
     set_seed(cfg.seed)
     AcceleratorState._reset_state()  # keeps the process group; lets one process train with other precisions
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed_precision(cfg.bf16))
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed_precision(cfg.bf16),
+                              cpu=not torch.accelerator.is_available())  # cpu: several CPU processes use gloo
     if cfg.gradient_checkpointing:
         _checkpointing(model, True)
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    updates_per_epoch = math.ceil(math.ceil(len(data) / (cfg.batch_size * accelerator.num_processes)) / cfg.grad_accum)
+    # counted as on one process: accelerate steps a prepared scheduler once per process per update
+    updates_per_epoch = math.ceil(math.ceil(len(data) / cfg.batch_size) / cfg.grad_accum)
     scheduler = get_scheduler(
         "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule, optimizer,
         num_warmup_steps=round(cfg.warmup_epochs * updates_per_epoch),
@@ -184,6 +186,7 @@ def _save_checkpoint(accelerator: Accelerator, ckpt: Path, history: list[dict]) 
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every process has written its part before the swap
     if accelerator.is_main_process:
         write_json(tmp / "state.json", {"history": history})
         if ckpt.exists():
