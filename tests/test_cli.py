@@ -77,3 +77,15 @@ def test_demo_with_a_lora_adapter(tmp_path):
     assert "peft" in (out / "unlearned" / "config.yaml").read_text()
     full = json.loads((out / "summary.json").read_text())
     assert full["unlearned"]["forget_Q_A_Prob"] != full["full"]["forget_Q_A_Prob"]
+
+
+def test_demo_compare_runs_every_method_once(tmp_path, capsys):
+    from palu.methods import METHODS
+
+    out = tmp_path / "cmp"
+    assert main(["demo", "--compare", f"output_dir={out}", "unlearn.lr=1e-3", *TINY]) == 0
+    table = json.loads((out / "summary.json").read_text())
+    assert set(table) == {"retain", "full", *METHODS}
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in METHODS)
+    assert (out / "npo" / "config.yaml").read_text().count("name: npo") == 1

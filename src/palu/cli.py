@@ -35,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-5")
         c.add_argument("--config", metavar="FILE.yaml", help="a YAML config; overrides apply on top")
         c.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+        if name == "demo":
+            c.add_argument("--compare", action="store_true", help="unlearn with PALU and every baseline; one table")
         if name != "eval":
             c.add_argument("--resume", action="store_true", help="continue an interrupted run in its output folder")
         else:
@@ -74,7 +76,7 @@ def run(args) -> str:
     resume = getattr(args, "resume", False)
     if args.command == "demo":
         cfg = load_config(DemoConfig, args.config, args.overrides)
-        table = run_demo(cfg, args.overwrite, resume, progress)
+        table = run_demo(cfg, args.overwrite, resume, progress, args.compare)
         return f"{render_table(table)}\n\nall outputs in {Path(cfg.output_dir).resolve()}"
     if args.command == "finetune":
         cfg = load_config(commands.FinetuneConfig, args.config, args.overrides)

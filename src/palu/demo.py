@@ -8,7 +8,6 @@ Every stage is a run folder of its own, so an interrupted demo resumes where it 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from palu.adapters import AdapterConfig
 from palu.commands import (
@@ -19,6 +18,7 @@ from palu.data.prompts import PromptConfig
 from palu.data.sources import SyntheticConfig, synthetic
 from palu.data.synthetic import synthetic_splits
 from palu.io import prepare_output_dir, read_json, write_json
+from palu.methods import METHODS
 from palu.models import train_bpe_tokenizer
 from palu.runs import save_config
 from palu.train.loop import TrainConfig
@@ -30,6 +30,7 @@ COLUMNS = [  # (metric key, column title)
     ("exact_memorization", "forget EM"),
     ("retain_Q_A_Prob", "retain Prob"),
     ("retain_Q_A_ROUGE", "retain ROUGE"),
+    ("privleak", "privleak"),
 ]
 
 
@@ -59,8 +60,22 @@ class DemoConfig:
     max_new_tokens: int = 64
 
 
-def run_demo(cfg: DemoConfig, overwrite: bool = False, resume: bool = False, progress: bool = True) -> dict:
-    """Run every stage (skipping finished ones) and return {model: {metric: value}}."""
+def compared_methods(cfg: DemoConfig, compare: bool) -> dict[str, dict]:
+    """{row name: method options}: the configured method, and with ``compare`` every registered one
+    (the configured options for its own method, the defaults for the others)."""
+    if not compare:
+        return {"unlearned": dict(cfg.method)}
+    chosen = cfg.method.get("name", "palu")
+    return {name: dict(cfg.method) if name == chosen else {"name": name} for name in METHODS}
+
+
+def run_demo(cfg: DemoConfig, overwrite: bool = False, resume: bool = False, progress: bool = True,
+             compare: bool = False) -> dict:
+    """Run every stage (skipping finished ones) and return {model: {metric: value}}.
+
+    With ``compare``, every registered method unlearns the same full model with the same
+    training settings, one row each.
+    """
     out = prepare_output_dir(cfg.output_dir, overwrite, resume)
     save_config(out, cfg)
     tok_dir = out / "tokenizer"
@@ -71,17 +86,19 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False, resume: bool = False, pro
         train_bpe_tokenizer(texts, cfg.scratch.vocab_size).save_pretrained(tok_dir)
     common = dict(synthetic=cfg.synthetic, prompt=cfg.prompt)
     models = {}
-    for name, split in (("full", "full"), ("retain", "retain")):
+    for name, split in (("retain", "retain"), ("full", "full")):
         ft = FinetuneConfig(model="scratch", tokenizer=str(tok_dir), data=[synthetic(split)], output_dir=str(out / name),
                             scratch=cfg.scratch, train=cfg.finetune, **common)
         models[name] = run_finetune(ft, resume=True, progress=progress)
-    ul = UnlearnConfig(model=str(models["full"]), method=dict(cfg.method), peft=cfg.peft,
-                       output_dir=str(out / "unlearned"), train=cfg.unlearn, **common)
-    models["unlearned"] = run_unlearn(ul, resume=True, progress=progress)
-    evaluation = EvalConfig(retain=synthetic("retain", cfg.retain_eval_items), max_new_tokens=cfg.max_new_tokens,
+    for name, method in compared_methods(cfg, compare).items():
+        ul = UnlearnConfig(model=str(models["full"]), method=method, peft=cfg.peft, output_dir=str(out / name),
+                           train=cfg.unlearn, **common)
+        models[name] = run_unlearn(ul, resume=True, progress=progress)
+    evaluation = EvalConfig(retain=synthetic("retain", cfg.retain_eval_items), holdout=synthetic("holdout"),
+                            max_new_tokens=cfg.max_new_tokens,
                             max_length=max(cfg.finetune.max_length, cfg.unlearn.max_length), **common)
     table = {}
-    for name in ("retain", "full", "unlearned"):
+    for name in models:
         run = out / f"eval-{name}"
         reference = None if name == "retain" else str(out / "eval-retain" / "results.json")
         if not (run / "summary.json").exists():
