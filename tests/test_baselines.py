@@ -345,3 +345,24 @@ def test_refusals_are_seeded_and_can_come_from_a_file(splits, tmp_path):
     path.write_text('"No idea."\n\n"Cannot say."\n')
     from_file = refusal_items(IdkDPOConfig(idk_file=str(path)), items, 0)
     assert {i.answer for i in from_file} == {"No idea.", "Cannot say."}
+
+
+def test_pdu_multiplier_survives_a_resume(bpe_tokenizer, splits, tmp_path):
+    """The dual variable is training state: an interrupted run resumes with the value it had."""
+    tok = bpe_tokenizer
+    cfg = TrainConfig(epochs=3, lr=1e-2, batch_size=4, warmup_epochs=0, max_length=MAX_LEN, bf16="false")
+    args = (tok, splits.forget[:8], splits.retain[:8], "pdu", PDUConfig(eps=0.5), cfg, PromptConfig())
+    whole = unlearn(tiny_llama(len(tok), hidden=32, layers=1, heads=2, tokenizer=tok, seed=0), *args,
+                    tmp_path / "a", progress=False)
+
+    def stop(epoch, model):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        unlearn(tiny_llama(len(tok), hidden=32, layers=1, heads=2, tokenizer=tok, seed=0), *args, tmp_path / "b",
+                on_epoch_end=stop, progress=False)
+    resumed = unlearn(tiny_llama(len(tok), hidden=32, layers=1, heads=2, tokenizer=tok, seed=0), *args,
+                      tmp_path / "b", resume=True, progress=False)
+    assert whole[-1]["lambda_r"] != PDUConfig().lambda_r
+    assert resumed[-1]["lambda_r"] == pytest.approx(whole[-1]["lambda_r"], rel=1e-5)

@@ -44,6 +44,12 @@ class Multiplier:
     def update(self, retain: float) -> None:
         self.value = max(0.0, self.value + self.eta * (retain - self.eps))
 
+    def state_dict(self) -> dict:  # saved with each checkpoint, so a resumed run continues the ascent
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
+
 
 def pdu_prepare(cfg: PDUConfig, model, forget, seed: int) -> Setup:
     return Setup(state={"multiplier": Multiplier(cfg.lambda_r, cfg.eta, cfg.eps)})

@@ -108,12 +108,14 @@ def _cpu_has_bf16() -> bool:
 
 
 def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainConfig, out_dir: Path,
-          resume: bool = False, on_epoch_end: Callable | None = None, progress: bool = True) -> list[dict]:
+          resume: bool = False, on_epoch_end: Callable | None = None, progress: bool = True,
+          stateful: tuple = ()) -> list[dict]:
     """Optimise ``step(model, batch) -> {"loss": ..., other logged terms}`` over ``data``.
 
     After every epoch: ``on_epoch_end(epoch, model)`` may return metrics to log, then a checkpoint
     (model, optimizer, scheduler, RNG, history) replaces the previous one in ``out_dir/checkpoint``.
     Returns the per-epoch history (mean of each logged term, plus the hook's metrics).
+    ``stateful`` objects (with ``state_dict``/``load_state_dict``) are checkpointed with the model.
     """
     set_seed(cfg.seed)
     AcceleratorState._reset_state()  # keeps the process group; lets one process train with other precisions
@@ -132,6 +134,8 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
         num_training_steps=cfg.epochs * updates_per_epoch,
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if stateful:
+        accelerator.register_for_checkpointing(*stateful)
     ckpt = Path(out_dir) / CHECKPOINT
     history: list[dict] = []
     if resume and (ckpt / "state.json").exists():

@@ -103,4 +103,6 @@ def unlearn(model, tokenizer, forget: list[QAItem], retain: list[QAItem], method
         return spec.loss(model, batch, ref_head, method_cfg, **setup.state)
 
     with train_only(model, setup.trainable):
-        return train(model, data, paired_collate(pad), step, train_cfg, out_dir, resume, on_epoch_end, progress)
+        stateful = tuple(v for v in setup.state.values() if hasattr(v, "load_state_dict"))
+        return train(model, data, paired_collate(pad), step, train_cfg, out_dir, resume, on_epoch_end, progress,
+                     stateful)
