@@ -89,3 +89,14 @@ def test_demo_compare_runs_every_method_once(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert all(name in printed for name in METHODS)
     assert (out / "npo" / "config.yaml").read_text().count("name: npo") == 1
+
+
+def test_annotate_command_with_rules_writes_and_shows_spans(tmp_path, capsys):
+    out = tmp_path / "spans.jsonl"
+    args = ["annotate", "annotator=rules", "input.limit=3", f"output={out}", "--show", *TINY[:3]]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and any(row["target_words"] for row in rows)
+    printed = capsys.readouterr().out
+    assert rows[0]["answer"] in printed or rows[0]["question"] in printed
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err

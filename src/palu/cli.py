@@ -1,4 +1,4 @@
-"""The `palu` command: demo, finetune, unlearn, eval.
+"""The `palu` command: demo, finetune, unlearn, eval, annotate.
 
 Each takes ``--config FILE.yaml`` plus ``key=value`` overrides (``train.lr=1e-5``, ``method=palu``)
 and prints where its outputs went. Errors in the input are printed as one message, not a trace.
@@ -29,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
         "finetune": "train a target (full) or retain model on QA data",
         "unlearn": "remove the forget set from a model with PALU or a baseline",
         "eval": "evaluate a model on forget and retain data (TOFU metrics)",
+        "annotate": "find the sensitive spans in QA answers (contrast, rules, file or llm annotator)",
     }
     for name, text in helps.items():
         c = sub.add_parser(name, help=text, description=text)
@@ -37,9 +38,11 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
         if name == "demo":
             c.add_argument("--compare", action="store_true", help="unlearn with PALU and every baseline; one table")
-        if name != "eval":
+        if name == "annotate":
+            c.add_argument("--show", action="store_true", help="print the answers with their spans highlighted")
+        elif name != "eval":
             c.add_argument("--resume", action="store_true", help="continue an interrupted run in its output folder")
-        else:
+        if name == "eval":
             c.add_argument("--from-open-unlearning", metavar="EVAL.json",
                            help="no model: recompute the aggregates of an open-unlearning TOFU_EVAL.json with "
                                 "palu's metric code and print them as JSON")
@@ -81,6 +84,11 @@ def run(args) -> str:
     if args.command == "finetune":
         cfg = load_config(commands.FinetuneConfig, args.config, args.overrides)
         return f"model saved to {commands.run_finetune(cfg, args.overwrite, resume, progress).resolve()}"
+    if args.command == "annotate":
+        from palu.annotate.command import AnnotateConfig, run_annotate
+
+        cfg = load_config(AnnotateConfig, args.config, args.overrides + (["show=true"] if args.show else []))
+        return run_annotate(cfg, args.overwrite)
     if args.command == "unlearn":
         cfg = load_config(commands.UnlearnConfig, args.config, args.overrides)
         return f"unlearned model saved to {commands.run_unlearn(cfg, args.overwrite, resume, progress).resolve()}"

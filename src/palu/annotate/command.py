@@ -1,0 +1,107 @@
+"""``palu annotate``: annotate a data source, write the items with spans as JSON Lines, show them.
+
+The output rows use the TPO/PALU field ``target_words`` (``{"word", "start", "end"}``), so
+``load_qa`` reads them back as spans and the ``file`` annotator accepts them as a span file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from palu.annotate.base import Annotated, get_annotator
+from palu.data.loaders import ANNOTATION_SPANS_FIELD, DataSource
+from palu.data.qa import QAItem
+from palu.data.sources import SyntheticConfig, load_items, synthetic
+from palu.errors import PaluError
+
+HIGHLIGHT, RESET = "\x1b[1;30;43m", "\x1b[0m"  # bold black on yellow
+
+
+@dataclass
+class AnnotateConfig:
+    """``palu annotate``: find the sensitive spans of a data source's answers.
+
+    Attributes:
+        input: the items to annotate (any loader source, or ``path: synthetic``).
+        annotator: "contrast" (default; needs ``options.model``), "rules", "file" (needs
+            ``options.path``) or "llm" (endpoint from options or PALU_LLM_* variables).
+        options: the annotator's options (see its class in ``palu.annotate``).
+        output: a .jsonl file for the items with spans; nothing is written when empty.
+        show: print every item with its spans highlighted.
+    """
+
+    input: DataSource = field(default_factory=lambda: synthetic("forget"))
+    annotator: str = "contrast"
+    options: dict = field(default_factory=dict)
+    output: str = ""
+    show: bool = False
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+def run_annotate(cfg: AnnotateConfig, overwrite: bool = False) -> str:
+    """Annotate, write ``cfg.output`` and return the text to print (report, and the spans if ``show``)."""
+    out = Path(cfg.output) if cfg.output else None
+    if out is not None and out.exists() and not overwrite:
+        raise PaluError(f"{out} exists; pass --overwrite to replace it or choose another output.")
+    annotator = get_annotator(cfg.annotator, **cfg.options)
+    result: Annotated = annotator.annotate(load_items(cfg.input, cfg.synthetic))
+    parts = []
+    if cfg.show:
+        parts.append(show_spans(result.items, color=sys.stdout.isatty()))
+    parts.append(result.report.summary())
+    if out is not None:
+        write_spans(out, result.items)
+        parts.append(f"items with spans written to {out.resolve()}")
+    return "\n\n".join(parts)
+
+
+def to_row(item: QAItem) -> dict:
+    """One output row: the loader's default field names, spans as ``target_words``."""
+    row = {"question": item.question, "answer": item.answer,
+           ANNOTATION_SPANS_FIELD: [{"word": s.text(item.answer), "start": s.start, "end": s.end} for s in item.spans]}
+    if item.paraphrased_answer:
+        row["paraphrased_answer"] = item.paraphrased_answer
+    if item.perturbed_answers:
+        row["perturbed_answer"] = item.perturbed_answers
+    if item.paraphrased_question:
+        row["paraphrased_question"] = item.paraphrased_question
+    return row
+
+
+def write_spans(path: str | Path, items: list[QAItem]) -> Path:
+    """Write ``items`` as JSON Lines atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for item in items:
+                fh.write(json.dumps(to_row(item), ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def show_spans(items: list[QAItem], color: bool = True) -> str:
+    """The items as text, spans highlighted with ANSI colours (or ``[[...]]`` when ``color`` is off)."""
+    open_, close = (HIGHLIGHT, RESET) if color else ("[[", "]]")
+    blocks = []
+    for item in items:
+        answer, pos, parts = item.answer, 0, []
+        for span in sorted(item.spans, key=lambda s: (s.start, s.end)):
+            start = max(span.start, pos)  # overlapping spans: highlight the union
+            if span.end <= start:
+                continue
+            parts += [answer[pos:start], open_, answer[start : span.end], close]
+            pos = span.end
+        parts.append(answer[pos:])
+        head = f"{item.source}\n" if item.source else ""
+        blocks.append(f"{head}Q: {item.question}\nA: {''.join(parts)}")
+    return "\n\n".join(blocks)

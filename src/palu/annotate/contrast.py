@@ -1,0 +1,217 @@
+"""Model-based spans, no API: the answer tokens that the model's knowledge of the subject explains.
+
+Score. For each answer token y_t
+
+    s_t = log p_model(y_t | prompt(question), y_<t) - log p_ref(y_t | reference context)
+
+The first term is what the model predicts when it knows what is asked. The reference lacks that
+knowledge:
+
+* ``base_model`` given (a model that never saw the facts: the pre-fine-tuning or the retain
+  model): the same input. s_t is then how much learning the facts raised the token.
+* otherwise the same model on a reference context without the subject: the question with its
+  names, numbers and quoted titles replaced by "someone" (or a fixed ``reference_question``),
+  followed by only the last ``window`` answer tokens. Both halves matter. Answers name their
+  subject ("Hina Ameen was born in Karachi"), so a reference that still reads the whole answer
+  prefix recalls "Karachi" from memory and s_t is near 0 exactly on the facts (``window=None``
+  gives that variant). A few tokens of local context keep grammar and set phrases ("was born" ->
+  "in"); the masked question keeps what kind of answer is expected (so the memorised wording of
+  the answer scores low) but not whom it is about. s_t is then the pointwise mutual information
+  between the token and the subject's identity given the question type and local context: near
+  0 for function words, word continuations and template words, large where a fact starts. That
+  onset is also what PALU unlearns (the first tokens of a span).
+
+Words and spans. A word scores the maximum of its tokens (the onset carries the signal; the rest
+of a word is predictable from it). Words scoring at least ``threshold`` nats are marked; marked
+words separated only by spaces form one span; function words are trimmed from span edges, and
+spans whose words all occur in the question are dropped (the author's name unless asked for).
+Scoring is batched: answers with their prompts in one pass, windows in a second pass of short
+left-padded sequences, only the needed positions reaching the vocabulary projection.
+
+Defaults (window 3, threshold 1 nat) gave the best span F1 in ``benchmarks/annotators.py`` with
+tiny models: 0.62 on the synthetic ground truth and 0.50 on TOFU forget10's GPT-4o spans, where
+the whole-prefix reference reached 0.25 and 0.09 and a neutral question instead of the masked one
+0.56 and 0.49. The retain model as ``base_model`` scored 0.67 and 0.49.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from palu.annotate.base import Annotator, AnnotationReport, register
+from palu.annotate.rules import RulesAnnotator
+from palu.annotate.text import in_question, merge, trim, word_spans
+from palu.config import build
+from palu.data.prompts import PromptConfig, answer_ids_and_offsets, prompt_ids
+from palu.data.qa import QAItem, Span
+from palu.errors import PaluError
+from palu.models import load_model, load_tokenizer
+
+Request = tuple[list[int], int]  # token ids, and how many of the last ids to score
+_SUBJECT = RulesAnnotator(spacy_model=None, skip_question_words=False)
+
+
+@dataclass
+class TokenScores:
+    """Per scored answer token: its character range, the contrast score and both log-probabilities."""
+
+    offsets: list[tuple[int, int]]
+    score: np.ndarray
+    logp: np.ndarray
+    ref_logp: np.ndarray
+
+
+@register("contrast")
+@dataclass
+class ContrastAnnotator(Annotator):
+    """Options:
+
+    Attributes:
+        model: the model that knows the facts: a loaded causal LM, or a hub id or folder.
+        tokenizer: a loaded fast tokenizer, or a hub id or folder (default: the model's).
+        base_model: optional reference that lacks the facts (object, hub id or folder), same tokenizer.
+        window: answer tokens of local context for the same-model reference; None keeps the whole
+            answer prefix.
+        reference_question: the question of the same-model reference; None masks the names,
+            numbers and titles of each item's own question.
+        threshold: the word score (nats) from which a word is sensitive.
+        skip_question_words: drop spans whose words all occur in the question.
+        batch_tokens: input tokens per forward pass.
+        max_length: prompt plus answer tokens scored at most; the rest of a long answer is not marked.
+        prompt: how a question becomes a prompt (as in training).
+    """
+
+    model: Any = None
+    tokenizer: Any = None
+    base_model: Any = None
+    window: int | None = 3
+    reference_question: str | None = None
+    threshold: float = 1.0
+    skip_question_words: bool = True
+    batch_tokens: int = 4096
+    max_length: int = 512
+    prompt: Any = field(default_factory=PromptConfig)
+
+    def __post_init__(self) -> None:
+        if self.model is None or (isinstance(self.model, str) and not self.model):
+            raise PaluError("contrast annotator: no model; set model to the fine-tuned model (a folder or hub id).")
+        if isinstance(self.model, str):
+            self.tokenizer = load_tokenizer(self.tokenizer or self.model)
+            self.model = load_model(self.model)
+        elif self.tokenizer is None:
+            raise PaluError("contrast annotator: a loaded model needs its tokenizer; pass tokenizer= as well.")
+        elif isinstance(self.tokenizer, str):
+            self.tokenizer = load_tokenizer(self.tokenizer)
+        if isinstance(self.base_model, str):
+            self.base_model = load_model(self.base_model) if self.base_model else None
+        if self.base_model is not None and self.base_model.config.vocab_size != self.model.config.vocab_size:
+            raise PaluError("contrast annotator: base_model has another vocabulary than model; "
+                            "the two must share one tokenizer.")
+        if isinstance(self.prompt, dict):
+            self.prompt = build(PromptConfig, self.prompt, "prompt")
+        if self.window is not None and self.window < 1:
+            raise PaluError(f"contrast annotator: window must be at least 1 or None, not {self.window}.")
+        if self.batch_tokens < 1:
+            raise PaluError(f"contrast annotator: batch_tokens must be positive, not {self.batch_tokens}.")
+
+    def find_spans(self, items: list[QAItem], report: AnnotationReport) -> list[list[Span] | None]:
+        return [self.spans(item, scores) for item, scores in zip(items, self.token_scores(items))]
+
+    def spans(self, item: QAItem, scores: TokenScores) -> list[Span]:
+        """Word-level spans of one item from its token scores."""
+        answer = item.answer
+        marked = [word for word, score in word_scores(answer, scores) if score >= self.threshold]
+        out = []
+        for span in merge(marked, answer, bridge=" "):
+            span = trim(answer, span)
+            if span is not None and not (self.skip_question_words and in_question(answer, span, item.question)):
+                out.append(span)
+        return out
+
+    def token_scores(self, items: list[QAItem]) -> list[TokenScores]:
+        """Contrast scores of every answer token of every item (EOS not included)."""
+        tok = self.tokenizer
+        prompts = [prompt_ids(tok, item.question, self.prompt) for item in items]
+        references = [prompt_ids(tok, self.reference_question or mask_subject(item.question), self.prompt)
+                      for item in items]
+        answers = []
+        for item, p, r in zip(items, prompts, references):
+            ids, offsets = answer_ids_and_offsets(tok, item.answer)
+            keep = max(0, self.max_length - max(len(p), len(r)))
+            answers.append((ids[:keep], offsets[:keep]))
+        full = _logprobs(self.model, [(p + ids, len(ids)) for p, (ids, _) in zip(prompts, answers)], self.batch_tokens)
+        if self.base_model is not None:
+            ref = _logprobs(self.base_model, [(p + ids, len(ids)) for p, (ids, _) in zip(prompts, answers)],
+                            self.batch_tokens)
+        elif self.window is None:
+            ref = _logprobs(self.model, [(r + ids, len(ids)) for r, (ids, _) in zip(references, answers)],
+                            self.batch_tokens)
+        else:
+            requests = [(r + ids[max(0, j - self.window) : j + 1], 1)
+                        for r, (ids, _) in zip(references, answers) for j in range(len(ids))]
+            flat = np.concatenate(_logprobs(self.model, requests, self.batch_tokens) or [np.zeros(0)])
+            ends = np.cumsum([len(ids) for ids, _ in answers])
+            ref = [flat[end - len(ids) : end] for (ids, _), end in zip(answers, ends)]
+        return [TokenScores(offsets, f - r, f, r) for (_, offsets), f, r in zip(answers, full, ref)]
+
+
+def word_scores(answer: str, scores: TokenScores) -> list[tuple[Span, float]]:
+    """Each word of ``answer`` with the highest score of the tokens it overlaps (-inf if none was scored)."""
+    # A token of spaces only (byte-level BPE sometimes splits " L|agos") predicts the next word's start.
+    ranges = [(end, end + 1) if answer[start:end].isspace() else (start, end) for start, end in scores.offsets]
+    out = []
+    for word in word_spans(answer):
+        hits = [s for (start, end), s in zip(ranges, scores.score) if start < word.end and end > word.start]
+        out.append((word, float(max(hits, default=-np.inf))))
+    return out
+
+
+def mask_subject(question: str, placeholder: str = "someone") -> str:
+    """``question`` with its names, numbers and quoted titles (the rules annotator's spans) replaced."""
+    for span in reversed(_SUBJECT.spans(question)):
+        question = question[: span.start] + placeholder + question[span.end :]
+    return question
+
+
+def _logprobs(model, requests: list[Request], batch_tokens: int) -> list[np.ndarray]:
+    """Log-probability of each of the last ``n`` tokens of each request given the tokens before it.
+
+    Rows are left-padded (with explicit position ids) so the scored tokens of every row end at the
+    same place; only the last positions are projected onto the vocabulary.
+    """
+    out: list[np.ndarray] = [np.zeros(0)] * len(requests)
+    order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]))
+    device = model.device
+    was_training = model.training
+    model.eval()
+    try:
+        start = 0
+        while start < len(order):
+            width = len(requests[order[start]][0])
+            idx = order[start : start + max(1, batch_tokens // max(width, 1))]
+            start += len(idx)
+            keep = max(requests[i][1] for i in idx)
+            if keep == 0:
+                continue
+            ids = torch.zeros(len(idx), width, dtype=torch.long)
+            mask = torch.zeros(len(idx), width, dtype=torch.long)
+            for row, i in enumerate(idx):
+                seq = requests[i][0]
+                ids[row, width - len(seq) :] = torch.tensor(seq)
+                mask[row, width - len(seq) :] = 1
+            positions = (mask.cumsum(1) - 1).clamp(min=0)
+            with torch.no_grad():
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                               position_ids=positions.to(device), logits_to_keep=keep + 1).logits
+            logp = torch.log_softmax(logits[:, -(keep + 1) : -1].float(), dim=-1)  # predicts the last `keep` ids
+            picked = logp.gather(-1, ids[:, -keep:].unsqueeze(-1).to(device)).squeeze(-1).cpu().numpy()
+            for row, i in enumerate(idx):
+                n = requests[i][1]
+                out[i] = picked[row, keep - n :] if n else np.zeros(0)
+    finally:
+        model.train(was_training)
+    return out

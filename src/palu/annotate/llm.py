@@ -1,0 +1,190 @@
+"""Spans from an LLM behind any OpenAI-compatible chat endpoint, with palu computing the offsets.
+
+The model is asked for the phrases only (as a JSON list), never for offsets: LLMs count
+characters badly, which is how the GPT-4o files got spans inside other words. Each phrase is
+placed at its first word-bounded occurrence that no other span covers.
+
+Replies are cached on disk under a hash of model and prompt, so a re-run costs nothing and gives
+the same spans; the API key is sent only in the request header and never logged, cached or
+shown in errors. Rate limits (429), server errors (5xx) and network errors are retried with
+exponential back-off; a reply that is not a JSON list of strings is reported for its item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from palu.annotate.base import Annotator, AnnotationReport, Change, item_name, register
+from palu.annotate.text import first_free, occurrences, overlaps
+from palu.data.qa import QAItem, Span
+from palu.errors import PaluError
+from palu.io import write_json
+
+log = logging.getLogger(__name__)
+
+INSTRUCTION = """You mark the sensitive words in the answer to a question about a person or their work.
+Mark the words that directly and exactly answer the question: proper nouns, names of works, \
+technical terms, specific concepts, roles, professions, places and dates.
+Mark the person's name only when the question asks for the name.
+Leave out context words that do not answer the question.
+Copy every phrase exactly as it is written in the answer.
+Reply with a JSON list of strings and nothing else, e.g. ["Kuwait City", "1987"]; reply [] if nothing qualifies."""
+
+
+class MalformedReply(ValueError):
+    """The reply is not a JSON list of strings."""
+
+
+@register("llm")
+@dataclass
+class LLMAnnotator(Annotator):
+    """Options (each endpoint setting falls back to an environment variable):
+
+    Attributes:
+        base_url: the API root, e.g. https://api.openai.com/v1 (``PALU_LLM_BASE_URL``).
+        model: the chat model (``PALU_LLM_MODEL``).
+        api_key: sent as a bearer token (``PALU_LLM_API_KEY``); may be empty for local servers.
+        cache_dir: where replies are kept (default: ``$XDG_CACHE_HOME/palu/llm`` or ``~/.cache/palu/llm``).
+        all_occurrences: mark every word-bounded occurrence of each phrase, not only the first free one.
+        retries: attempts after the first for 429, 5xx and network errors.
+        backoff: seconds before the first retry, doubling each time.
+        timeout: seconds to wait for one reply.
+        temperature: sampling temperature (0 for repeatable spans).
+    """
+
+    base_url: str | None = None
+    model: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    cache_dir: str | None = None
+    all_occurrences: bool = False
+    retries: int = 5
+    backoff: float = 1.0
+    timeout: float = 60.0
+    temperature: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.base_url = self.base_url or os.environ.get("PALU_LLM_BASE_URL")
+        self.model = self.model or os.environ.get("PALU_LLM_MODEL")
+        if self.api_key is None:
+            self.api_key = os.environ.get("PALU_LLM_API_KEY")
+        if not self.base_url:
+            raise PaluError("llm annotator: no endpoint; set base_url or PALU_LLM_BASE_URL "
+                            "(an OpenAI-compatible API root such as http://127.0.0.1:8000/v1).")
+        if not self.model:
+            raise PaluError("llm annotator: no model; set model or PALU_LLM_MODEL.")
+        if self.cache_dir is None:
+            root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+            self.cache_dir = str(Path(root) / "palu" / "llm")
+
+    def find_spans(self, items: list[QAItem], report: AnnotationReport) -> list[list[Span] | None]:
+        log.info("llm annotator: %d items with %s at %s", len(items), self.model, self.base_url)
+        out: list[list[Span] | None] = []
+        for i, item in enumerate(items):
+            name = item_name(item, i)
+            try:
+                phrases = self.phrases(item)
+            except MalformedReply as e:
+                report.errors.append(f"{name}: malformed reply ({e}); the item keeps its spans")
+                out.append(None)
+                continue
+            out.append(self._place(item.answer, phrases, name, report))
+        return out
+
+    def messages(self, item: QAItem) -> list[dict]:
+        return [{"role": "system", "content": INSTRUCTION},
+                {"role": "user", "content": f"Question: {item.question}\nAnswer: {item.answer}"}]
+
+    def phrases(self, item: QAItem) -> list[str]:
+        """The phrases the model marks in ``item``'s answer, from the cache when it holds the reply."""
+        messages = self.messages(item)
+        prompt = json.dumps({"model": self.model, "messages": messages}, sort_keys=True)
+        key = hashlib.sha256(prompt.encode()).hexdigest()
+        cached = Path(self.cache_dir) / f"{key}.json"
+        if cached.is_file():
+            try:
+                return json.loads(cached.read_text())["phrases"]
+            except (json.JSONDecodeError, KeyError, OSError):
+                log.warning("llm annotator: ignoring the unreadable cache file %s", cached)
+        phrases = parse_reply(self._chat(messages))
+        write_json(cached, {"model": self.model, "phrases": phrases})
+        return phrases
+
+    def _chat(self, messages: list[dict]) -> str:
+        url = self.base_url.rstrip("/") + "/chat/completions"
+        body = json.dumps({"model": self.model, "messages": messages, "temperature": self.temperature}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    data = json.loads(response.read().decode("utf-8"))
+                break
+            except urllib.error.HTTPError as e:
+                detail = self._redact(e.read().decode("utf-8", "replace")[:300])
+                if (e.code != 429 and e.code < 500) or last:
+                    raise PaluError(f"llm annotator: {url} answered HTTP {e.code}: {detail}") from None
+                wait = _retry_after(e.headers.get("Retry-After"), self.backoff * 2**attempt)
+                log.warning("llm annotator: HTTP %d, retrying in %.1f s", e.code, wait)
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                if last:
+                    raise PaluError(f"llm annotator: cannot reach {url} ({self._redact(str(e))}); "
+                                    "check base_url and that the server runs.") from None
+                wait = self.backoff * 2**attempt
+                log.warning("llm annotator: %s, retrying in %.1f s", self._redact(str(e)), wait)
+            except json.JSONDecodeError as e:
+                raise MalformedReply(f"the response is not JSON: {e.msg}") from None
+            time.sleep(wait)
+        try:
+            return data["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise MalformedReply("no choices[0].message.content in the response") from None
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self.api_key, "***") if self.api_key else text
+
+    def _place(self, answer: str, phrases: list[str], name: str, report: AnnotationReport) -> list[Span]:
+        taken: list[Span] = []
+        for phrase in phrases:
+            spans = [s for s in occurrences(answer, phrase) if not overlaps(s, taken)] if self.all_occurrences else []
+            free = None if spans else first_free(answer, phrase, taken)
+            spans = spans or ([free] if free else [])
+            if not spans:
+                reason = "already covered by another span" if occurrences(answer, phrase, True) else "not in the answer"
+                report.changes.append(Change(name, "dropped", phrase, None, None, reason))
+            for span in spans:
+                if not overlaps(span, taken):
+                    taken.append(span)
+        return taken
+
+
+def parse_reply(content: str) -> list[str]:
+    """The phrases of a reply: a JSON list of strings, possibly inside a ``` code fence."""
+    text = content.strip()
+    if text.startswith("```"):
+        text = text.strip("`").strip()
+        text = text[4:] if text.lower().startswith("json") else text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise MalformedReply(f"not JSON: {content[:80]!r}") from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise MalformedReply(f"not a list of strings: {content[:80]!r}")
+    return [v.strip() for v in value if v.strip()]
+
+
+def _retry_after(header: str | None, default: float) -> float:
+    try:
+        return min(float(header), 60.0) if header else default
+    except ValueError:
+        return default
