@@ -18,43 +18,7 @@ import torch.nn.functional as F
 from palu.data.labels import IGNORE_INDEX
 from palu.data.qa import QAItem
 from palu.errors import PaluError
-
-
-@dataclass
-class Head:
-    """An output layer as plain tensors: ``logits = h @ weight.T + bias``."""
-
-    weight: torch.Tensor
-    bias: torch.Tensor | None = None
-
-    @classmethod
-    def of(cls, model) -> Head:
-        layer = getattr(model, "module", model).get_output_embeddings()  # through a DDP wrapper
-        return cls(layer.weight, getattr(layer, "bias", None))
-
-    def frozen_copy(self) -> Head:
-        """The layer as it is now; cloned only if training can change it (not under a LoRA adapter)."""
-        copy = lambda t: None if t is None else (t.detach().clone() if t.requires_grad else t.detach())
-        return Head(copy(self.weight), copy(self.bias))
-
-    def to(self, device) -> Head:
-        if self.weight.device == torch.device(device):
-            return self
-        return Head(self.weight.to(device), None if self.bias is None else self.bias.to(device))
-
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        out = h @ self.weight.T.to(h.dtype)
-        return out if self.bias is None else out + self.bias.to(h.dtype)
-
-    def rows(self, h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Logits of the vocabulary entries ``ids`` [N, K] only: O(N K d), not O(N |V| d)."""
-        out = torch.einsum("nd,nkd->nk", h, self.weight[ids].to(h.dtype))
-        return out if self.bias is None else out + self.bias[ids].to(h.dtype)
-
-    def mean_logit(self, h: torch.Tensor) -> torch.Tensor:
-        """The vocabulary mean of the logits, ``h . mean(W) (+ mean(b))``, without the full logits."""
-        out = h @ self.weight.mean(0).to(h.dtype)
-        return out if self.bias is None else out + self.bias.mean().to(h.dtype)
+from palu.methods.head import Head, head_loss_sum
 
 
 def hidden_state(model, batch: dict, index: int = -1) -> torch.Tensor:
@@ -106,9 +70,10 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def answer_nll(model, batch: dict) -> torch.Tensor:
-    """NLL(y): the mean answer-token negative log-likelihood over the batch (a zero in the graph if none)."""
+    """NLL(y): the mean answer-token negative log-likelihood over the batch (a zero in the graph if none),
+    through the fused head loss, so the answer logits are never all held at once."""
     h, targets = at_answers(final_hidden(model, batch), batch)
-    return mean_or_zero(token_nll(Head.of(model).logits(h), targets), h)
+    return head_loss_sum(h, Head.of(model), "ce", targets=targets) / len(targets) if len(targets) else h.sum() * 0.0
 
 
 def sequence_logprob(h: torch.Tensor, batch: dict, head: Head) -> torch.Tensor:
@@ -130,14 +95,6 @@ def preference_loss(margin: torch.Tensor, beta: float) -> torch.Tensor:
     return -(2.0 / beta) * mean_or_zero(F.logsigmoid(beta * margin.float()), margin)
 
 
-def kl_rows(logits: torch.Tensor, ref_logits: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-    """Per-row KL(P_theta || P_ref), or KL(P_ref || P_theta) with ``reverse``, in float32."""
-    logp, logq = F.log_softmax(logits.float(), -1), F.log_softmax(ref_logits.float(), -1)
-    if reverse:
-        logp, logq = logq, logp
-    return (logp.exp() * (logp - logq)).sum(-1)
-
-
 def mean_or_zero(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Mean of ``values``, or a zero that still belongs to the graph when there are none."""
     return values.mean() if values.numel() else like.sum() * 0.0
@@ -151,8 +108,9 @@ def retain_loss(model, batch: dict, ref_head: Head | None, kind: str) -> torch.T
     if kind == "nll":
         return answer_nll(model, batch)
     h, _ = at_answers(final_hidden(model, batch), batch)
-    logits = Head.of(model).logits(h)
-    return mean_or_zero(kl_rows(logits, ref_head.logits(batch["ref_hidden"]), reverse=True), logits)
+    if not len(h):
+        return h.sum() * 0.0
+    return head_loss_sum(h, Head.of(model), "reverse_kl", ref_h=batch["ref_hidden"], ref_head=ref_head) / len(h)
 
 
 RETAIN_LOSSES = ("nll", "kl")

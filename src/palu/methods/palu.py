@@ -14,7 +14,7 @@ import torch
 from palu.data.labels import ORDINARY, select_prefix
 from palu.errors import PaluError
 from palu.methods.common import Head, answer_positions, final_hidden, mean_or_zero, retain_loss
-from palu.methods.fused import head_loss_sum, ref_argmax
+from palu.methods.head import head_loss_sum, ref_argmax
 
 
 @dataclass

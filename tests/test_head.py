@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from palu.methods.common import Head
-from palu.methods.fused import head_loss_sum, ref_argmax
+from palu.methods.head import head_loss_sum, ref_argmax
 
 
 def plain(h, w, b, ref_h, ref_w, ref_b, targets, kind):

@@ -1,4 +1,5 @@
-"""Row losses through the output layer that never hold [rows, |V|] logits for the backward pass.
+"""The output layer as plain tensors, and row losses through it that never hold [rows, |V|] logits
+for the backward pass.
 
 The ordinary-token constraint and the retain term are sums of per-row losses over full-vocabulary
 distributions. Each chunk of rows computes its logits, its loss and the loss's gradient with
@@ -14,12 +15,49 @@ Gradients with respect to the logits z (p = softmax(z), q = softmax(z_ref)):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from palu.methods.common import Head
-
 KINDS = ("kl", "reverse_kl", "ce")
+
+
+@dataclass
+class Head:
+    """An output layer as plain tensors: ``logits = h @ weight.T + bias``."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, model) -> Head:
+        layer = getattr(model, "module", model).get_output_embeddings()  # through a DDP wrapper
+        return cls(layer.weight, getattr(layer, "bias", None))
+
+    def frozen_copy(self) -> Head:
+        """The layer as it is now; cloned only if training can change it (not under a LoRA adapter)."""
+        copy = lambda t: None if t is None else (t.detach().clone() if t.requires_grad else t.detach())
+        return Head(copy(self.weight), copy(self.bias))
+
+    def to(self, device) -> Head:
+        if self.weight.device == torch.device(device):
+            return self
+        return Head(self.weight.to(device), None if self.bias is None else self.bias.to(device))
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        out = h @ self.weight.T.to(h.dtype)
+        return out if self.bias is None else out + self.bias.to(h.dtype)
+
+    def rows(self, h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Logits of the vocabulary entries ``ids`` [N, K] only: O(N K d), not O(N |V| d)."""
+        out = torch.einsum("nd,nkd->nk", h, self.weight[ids].to(h.dtype))
+        return out if self.bias is None else out + self.bias[ids].to(h.dtype)
+
+    def mean_logit(self, h: torch.Tensor) -> torch.Tensor:
+        """The vocabulary mean of the logits, ``h . mean(W) (+ mean(b))``, without the full logits."""
+        out = h @ self.weight.mean(0).to(h.dtype)
+        return out if self.bias is None else out + self.bias.mean().to(h.dtype)
 
 
 def _row_loss_and_grad(z: torch.Tensor, z_ref: torch.Tensor | None, targets: torch.Tensor | None, kind: str):
