@@ -1,0 +1,89 @@
+"""Evaluation after every unlearning epoch, and the rule that picks the best epoch.
+
+The rule (the usual one in the unlearning literature, made explicit): among the epochs whose
+utility stays at or above ``utility_floor`` times the starting model's, take the one with the best
+``metric`` (its direction comes from the metric registry); ties go to the earliest epoch. Utility
+is ``model_utility`` when the evaluation has the sets for it, else ``retain_Q_A_Prob``.
+The best epoch's model is saved in ``<run>/best/`` beside the last one, with ``best.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from palu.data.prompts import PromptConfig
+from palu.eval.metrics import get_metric
+from palu.eval.core import summary
+from palu.eval.tofu import evaluate_tofu
+from palu.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+UTILITY_FALLBACK = "retain_Q_A_Prob"
+BEST_DIR = "best"
+
+
+@dataclass
+class SelectionRule:
+    """How the best epoch is chosen.
+
+    Attributes:
+        metric: the metric to optimise (default: forget quality).
+        utility: the utility metric that must not fall (falls back to retain_Q_A_Prob when absent).
+        utility_floor: the fraction of the starting model's utility an epoch must keep.
+    """
+
+    metric: str = "forget_quality"
+    utility: str = "model_utility"
+    utility_floor: float = 0.95
+
+
+def best_epoch(records: list[dict], rule: SelectionRule) -> dict | None:
+    """The selected record among ``records`` (per-epoch summaries; epoch 0 is the starting model)."""
+    start = next((r for r in records if r["epoch"] == 0), None)
+    utility = rule.utility if start is not None and start.get(rule.utility) is not None else UTILITY_FALLBACK
+    floor = rule.utility_floor * start[utility] if start is not None and start.get(utility) is not None else None
+    candidates = [r for r in records if r["epoch"] > 0 and r.get(rule.metric) is not None
+                  and (floor is None or (r.get(utility) is not None and r[utility] >= floor))]
+    if not candidates:
+        return None
+    sign = 1 if get_metric(rule.metric).higher_is_better else -1
+    return max(candidates, key=lambda r: (sign * r[rule.metric], -r["epoch"]))
+
+
+class EpochEvaluator:
+    """The hook the training loop calls after each epoch: evaluate, record, keep the best model.
+
+    Per-epoch results go to ``<run>/eval/epoch-<n>.json``; a resumed run reads them back, so the
+    selection sees every epoch.
+    """
+
+    def __init__(self, tokenizer, sets: dict, prompt: PromptConfig, reference: dict | None, run: Path,
+                 rule: SelectionRule, progress: bool = False, **eval_options):
+        self.tokenizer, self.sets, self.prompt, self.reference = tokenizer, sets, prompt, reference
+        self.run, self.rule, self.progress, self.options = Path(run), rule, progress, eval_options
+        self.records = [read_json(p)["summary"] for p in sorted((self.run / "eval").glob("epoch-*.json"),
+                                                                 key=lambda p: int(re.findall(r"\d+", p.stem)[0]))]
+
+    def evaluate(self, epoch: int, model) -> dict:
+        done = next((r for r in self.records if r["epoch"] == epoch), None)
+        if done is not None:
+            return done
+        results = evaluate_tofu(model, self.tokenizer, self.sets, self.prompt, self.reference,
+                                progress=self.progress, **self.options)
+        record = {"epoch": epoch, **summary(results)}
+        write_json(self.run / "eval" / f"epoch-{epoch}.json", {"summary": record, "results": results})
+        self.records.append(record)
+        return record
+
+    def __call__(self, epoch: int, model) -> dict:
+        record = self.evaluate(epoch, model)
+        best = best_epoch(self.records, self.rule)
+        if best is not None and best["epoch"] == epoch:
+            model.save_pretrained(self.run / BEST_DIR)  # a PEFT model saves its adapter
+            self.tokenizer.save_pretrained(self.run / BEST_DIR)
+            write_json(self.run / "best.json", {"rule": vars(self.rule), **best})
+            log.info("epoch %d is the best so far by %s; saved to %s", epoch, self.rule.metric, self.run / BEST_DIR)
+        return {k: v for k, v in record.items() if k != "epoch"}
