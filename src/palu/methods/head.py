@@ -21,6 +21,12 @@ import torch
 import torch.nn.functional as F
 
 KINDS = ("kl", "reverse_kl", "ce")
+CHUNK_ELEMENTS = 2**23  # logits per chunk: 32 MiB in float32, a few such temporaries at a time
+
+
+def chunk_rows(vocab: int) -> int:
+    """Rows per chunk so one chunk's logits stay near CHUNK_ELEMENTS, whatever the vocabulary."""
+    return max(16, CHUNK_ELEMENTS // vocab)
 
 
 @dataclass
@@ -117,14 +123,15 @@ class _FusedHeadLoss(torch.autograd.Function):
 
 
 @torch.no_grad()
-def ref_argmax(ref_h: torch.Tensor, ref_head: Head, chunk: int = 1024) -> torch.Tensor:
+def ref_argmax(ref_h: torch.Tensor, ref_head: Head, chunk: int | None = None) -> torch.Tensor:
     """The reference's most likely next token at each row, without all the logits at once."""
+    chunk = chunk or chunk_rows(ref_head.weight.shape[0])
     return torch.cat([ref_head.logits(ref_h[s : s + chunk]).argmax(-1) for s in range(0, len(ref_h), chunk)])
 
 
 def head_loss_sum(h: torch.Tensor, head: Head, kind: str, ref_h: torch.Tensor | None = None,
                   ref_head: Head | None = None, targets: torch.Tensor | None = None,
-                  chunk: int = 1024) -> torch.Tensor:
+                  chunk: int | None = None) -> torch.Tensor:
     """Sum over rows of ``kind``'s loss at hidden states ``h`` [N, d] (see the module docstring).
 
     ``kl`` and ``reverse_kl`` compare with the reference's distribution at ``ref_h``; ``ce``
@@ -136,4 +143,5 @@ def head_loss_sum(h: torch.Tensor, head: Head, kind: str, ref_h: torch.Tensor | 
     if ref_head is not None:
         ref_w, ref_b = ref_head.weight.detach(), None if ref_head.bias is None else ref_head.bias.detach()
     ref_h = None if ref_h is None else ref_h.detach()
+    chunk = chunk or chunk_rows(head.weight.shape[0])
     return _FusedHeadLoss.apply(h, head.weight, head.bias, ref_h, ref_w, ref_b, targets, kind, chunk)
