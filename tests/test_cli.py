@@ -100,3 +100,13 @@ def test_annotate_command_with_rules_writes_and_shows_spans(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert rows[0]["answer"] in printed or rows[0]["question"] in printed
     assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+
+
+def test_attack_command_prints_the_table(demo_dir, tmp_path, capsys):
+    out = tmp_path / "attack"
+    args = ["attack", f"model={demo_dir / 'unlearned' / 'model'}", f"output_dir={out}", "max_new_tokens=4",
+            "attacks=[quantize]", "quantize_bits=[8]", "retain.limit=3", *TINY[:3], "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "quantize_8bit" in printed and str(out) in printed
+    assert set(json.loads((out / "summary.json").read_text())) == {"none", "quantize_8bit"}

@@ -1,4 +1,4 @@
-"""The `palu` command: demo, finetune, unlearn, eval, annotate.
+"""The `palu` command: demo, finetune, unlearn, eval, annotate, attack.
 
 Each takes ``--config FILE.yaml`` plus ``key=value`` overrides (``train.lr=1e-5``, ``method=palu``)
 and prints where its outputs went. Errors in the input are printed as one message, not a trace.
@@ -30,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
         "unlearn": "remove the forget set from a model with PALU or a baseline",
         "eval": "evaluate a model on forget and retain data (TOFU metrics)",
         "annotate": "find the sensitive spans in QA answers (contrast, rules, file or llm annotator)",
+        "attack": "evaluate an unlearned model under relearning, quantization and paraphrase attacks",
     }
     for name, text in helps.items():
         c = sub.add_parser(name, help=text, description=text)
@@ -40,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
             c.add_argument("--compare", action="store_true", help="unlearn with PALU and every baseline; one table")
         if name == "annotate":
             c.add_argument("--show", action="store_true", help="print the answers with their spans highlighted")
-        elif name != "eval":
+        elif name not in ("eval", "attack"):
             c.add_argument("--resume", action="store_true", help="continue an interrupted run in its output folder")
         if name == "eval":
             c.add_argument("--from-open-unlearning", metavar="EVAL.json",
@@ -89,6 +90,12 @@ def run(args) -> str:
 
         cfg = load_config(AnnotateConfig, args.config, args.overrides + (["show=true"] if args.show else []))
         return run_annotate(cfg, args.overwrite)
+    if args.command == "attack":
+        from palu.eval.attacks import AttackConfig, attack_table, run_attack
+
+        cfg = load_config(AttackConfig, args.config, args.overrides)
+        table = run_attack(cfg, args.overwrite, progress)
+        return f"{attack_table(table)}\n\nresults in {Path(cfg.output_dir).resolve()}"
     if args.command == "unlearn":
         cfg = load_config(commands.UnlearnConfig, args.config, args.overrides)
         return f"unlearned model saved to {commands.run_unlearn(cfg, args.overwrite, resume, progress).resolve()}"

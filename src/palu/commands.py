@@ -117,12 +117,12 @@ class EvalConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
 
 
-def _require_model(cfg) -> None:
+def require_model(cfg) -> None:
     if not cfg.model:
         raise PaluError("no model given; set model=PATH_OR_HUB_ID (e.g. a `palu finetune` run's model folder).")
 
 
-def _load(cfg):
+def load_configured(cfg):
     return load_model(cfg.model), load_tokenizer(cfg.tokenizer or cfg.model)
 
 
@@ -145,7 +145,7 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False, resume: bool = Fa
         s = cfg.scratch
         model = tiny_llama(len(tok), s.hidden, s.layers, s.heads, s.max_positions, tokenizer=tok, seed=cfg.train.seed)
     else:
-        model, tok = _load(cfg)
+        model, tok = load_configured(cfg)
     save_config(out, cfg)
     history = finetune(model, tok, items, cfg.train, cfg.prompt, out, resume, progress=progress)
     return finish(out, model, tok, history)
@@ -160,14 +160,14 @@ def method_config(options: dict):
 
 def run_unlearn(cfg: UnlearnConfig, overwrite: bool = False, resume: bool = False, progress: bool = True) -> Path:
     """Unlearn and save; returns the saved model folder."""
-    _require_model(cfg)
+    require_model(cfg)
     name, mcfg = method_config(cfg.method)
     out = prepare_output_dir(cfg.output_dir, overwrite, resume)
     if is_finished(out):
         log.info("%s is already finished", out)
         return out / MODEL_DIR
     forget, retain = load_items(cfg.forget, cfg.synthetic), load_items(cfg.retain, cfg.synthetic)
-    model, tok = _load(cfg)
+    model, tok = load_configured(cfg)
     if cfg.peft is not None:
         model = add_adapter(model, cfg.peft)
     save_config(out, cfg)
@@ -175,14 +175,19 @@ def run_unlearn(cfg: UnlearnConfig, overwrite: bool = False, resume: bool = Fals
     return finish(out, for_saving(model, cfg.peft), tok, history)
 
 
+def eval_sets(cfg: EvalConfig) -> dict[str, list[QAItem]]:
+    """The evaluation sets the config names, loaded, by name in ``SETS`` (the optional ones left out when None)."""
+    sources = {name: getattr(cfg, name) for name in SETS}
+    return {name: load_items(source, cfg.synthetic) for name, source in sources.items() if source is not None}
+
+
 def run_eval(cfg: EvalConfig, overwrite: bool = False, progress: bool = True) -> dict:
     """Evaluate, write ``results.json`` (per item) and ``summary.json``; returns the results."""
-    _require_model(cfg)
+    require_model(cfg)
     out = prepare_output_dir(cfg.output_dir, overwrite)
     reference = read_json(cfg.retain_reference) if cfg.retain_reference else None
-    sources = {name: getattr(cfg, name) for name in SETS}
-    sets = {name: load_items(source, cfg.synthetic) for name, source in sources.items() if source is not None}
-    model, tok = _load(cfg)
+    sets = eval_sets(cfg)
+    model, tok = load_configured(cfg)
     save_config(out, cfg)
     results = evaluate_tofu(model, tok, sets, cfg.prompt, reference, cfg.batch_size, cfg.max_new_tokens,
                             cfg.max_length, progress=progress)

@@ -112,13 +112,13 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False, resume: bool = False, pro
 def render_table(table: dict) -> str:
     """The demo's comparison as a plain-text table (also used by the CLI)."""
     header = ["model"] + [title for _, title in COLUMNS]
-    rows = [[name] + [_fmt(values.get(key)) for key, _ in COLUMNS] for name, values in table.items()]
+    rows = [[name] + [format_value(values.get(key)) for key, _ in COLUMNS] for name, values in table.items()]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def _fmt(value) -> str:
+def format_value(value) -> str:
     if value is None:
         return "n/a"
     return f"{value:.3e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
