@@ -110,3 +110,36 @@ def test_attack_command_prints_the_table(demo_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "quantize_8bit" in printed and str(out) in printed
     assert set(json.loads((out / "summary.json").read_text())) == {"none", "quantize_8bit"}
+
+
+def test_demo_with_per_epoch_evaluation_keeps_the_best_epoch_and_reports(tmp_path, capsys):
+    out = tmp_path / "epochs"
+    args = ["demo", f"output_dir={out}", *TINY, "eval_every_epoch=true", "unlearn.epochs=2", "unlearn.lr=3e-3",
+            "finetune.epochs=3", "finetune.lr=3e-3"]  # later overrides win
+    assert main(args) == 0
+    history = json.loads((out / "unlearned" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert all("forget_quality" in h and "retain_Q_A_Prob" in h for h in history)
+    assert (out / "unlearned" / "eval" / "epoch-2.json").exists()
+    if (out / "unlearned" / "best.json").exists():  # an epoch kept 95% of the starting utility
+        best = json.loads((out / "unlearned" / "best.json").read_text())
+        assert best["epoch"] in (1, 2) and (out / "unlearned" / "best" / "config.json").exists()
+    capsys.readouterr()
+    assert main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 0
+    assert "r.html" in capsys.readouterr().out
+    page = (tmp_path / "r.html").read_text()
+    assert "<svg" in page and "unlearned" in page
+    assert (tmp_path / "r.md").exists()
+
+
+def test_eval_suite_muse_on_the_shared_news_data(demo_dir, tmp_path, capsys):
+    from conftest import SHARED
+
+    if not (SHARED / "data" / "muse_news").exists():
+        pytest.skip("../shared/data/muse_news is absent")
+    out = tmp_path / "muse"
+    args = ["eval", "suite=muse", f"model={demo_dir / 'unlearned' / 'model'}", f"path={SHARED / 'data' / 'muse_news'}",
+            "verbmem_limit=1", "knowmem_limit=1", "privleak_limit=2", "max_length=64", f"output_dir={out}", "--quiet"]
+    assert main(args) == 0
+    assert "forget_verbmem_ROUGE:" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["privleak"] is None  # no retain reference given

@@ -1,4 +1,4 @@
-"""The `palu` command: demo, finetune, unlearn, eval, annotate, attack.
+"""The `palu` command: demo, finetune, unlearn, eval, annotate, attack, report.
 
 Each takes ``--config FILE.yaml`` plus ``key=value`` overrides (``train.lr=1e-5``, ``method=palu``)
 and prints where its outputs went. Errors in the input are printed as one message, not a trace.
@@ -52,6 +52,10 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("--threads", type=int, default=None,
                        help=f"CPU threads for torch (default: PALU_THREADS or {default_threads()})")
         c.add_argument("--quiet", action="store_true", help="no progress bars")
+    text = "write one self-contained HTML report (and a Markdown table) of demo, run or evaluation folders"
+    c = sub.add_parser("report", help=text, description=text)
+    c.add_argument("paths", nargs="+", metavar="RUN_DIR", help="a demo folder, unlearning runs or evaluations")
+    c.add_argument("--out", metavar="FILE.html", help="where to write (default: RUN_DIR/report.html)")
     return p
 
 
@@ -59,7 +63,8 @@ def setup(args) -> None:
     import torch
     import transformers
 
-    threads = args.threads if args.threads is not None else int(os.environ.get("PALU_THREADS", default_threads()))
+    threads = getattr(args, "threads", None)
+    threads = threads if threads is not None else int(os.environ.get("PALU_THREADS", default_threads()))
     if threads < 1:
         raise PaluError(f"--threads must be at least 1, not {threads}.")
     torch.set_num_threads(threads)
@@ -76,6 +81,10 @@ def run(args) -> str:
     from palu.demo import DemoConfig, render_table, run_demo
     from palu.eval.core import summary
 
+    if args.command == "report":
+        from palu.report import run_report
+
+        return run_report([Path(p) for p in args.paths], Path(args.out) if args.out else None)
     progress = not args.quiet
     resume = getattr(args, "resume", False)
     if args.command == "demo":
@@ -107,8 +116,14 @@ def run(args) -> str:
         if args.config or args.overrides:
             raise PaluError("--from-open-unlearning reads a log and takes no --config or key=value overrides.")
         return json.dumps(summary(recompute_files(args.from_open_unlearning, args.retain_log)), indent=2)
-    cfg = load_config(commands.EvalConfig, args.config, args.overrides)
-    results = commands.run_eval(cfg, args.overwrite, progress)
+    if "suite=muse" in args.overrides:  # the MUSE suite instead of TOFU's
+        from palu.eval.muse import MuseConfig, run_muse
+
+        cfg = load_config(MuseConfig, args.config, [o for o in args.overrides if o != "suite=muse"])
+        results = run_muse(cfg, args.overwrite, progress)
+    else:
+        cfg = load_config(commands.EvalConfig, args.config, args.overrides)
+        results = commands.run_eval(cfg, args.overwrite, progress)
     lines = [f"{k}: {'n/a' if v is None else f'{v:.4g}'}" for k, v in summary(results).items()]
     return "\n".join(lines + [f"results in {Path(cfg.output_dir).resolve()}"])
 
@@ -119,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in extra if a.startswith("-") or "=" not in a]
     if unknown:
         p.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.overrides += extra
+    if extra and args.command == "report":
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
     try:
         setup(args)
         print(run(args))

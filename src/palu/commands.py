@@ -17,10 +17,11 @@ from palu.eval.core import summary
 from palu.eval.tofu import SETS, evaluate_tofu
 from palu.io import prepare_output_dir, read_json, write_json
 from palu.methods import get_method
-from palu.models import load_model, load_tokenizer, tiny_llama, train_bpe_tokenizer
+from palu.models import load_model, load_tokenizer, require_model, tiny_llama, train_bpe_tokenizer
 from palu.runs import MODEL_DIR, finish, is_finished, save_config
 from palu.train.finetune import finetune
 from palu.train.loop import TrainConfig
+from palu.train.selection import EpochEvaluator, SelectionRule
 from palu.train.unlearn import unlearn
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ class UnlearnConfig:
         model: the model to unlearn from (hub id or folder); it is also the frozen reference.
         method: ``name`` plus that method's options (see ``palu.methods``).
         peft: train a LoRA adapter instead of all weights (``peft=lora``).
+        eval: evaluate after every epoch on these sets (and the starting model first); the best
+            epoch by ``select`` is saved in ``<output_dir>/best``. None: no evaluation.
+        select: the rule that picks the best epoch (see ``palu.train.selection``).
     """
 
     model: str = ""
@@ -81,6 +85,8 @@ class UnlearnConfig:
     retain: DataSource = field(default_factory=lambda: synthetic("retain"))
     method: dict = field(default_factory=lambda: {"name": "palu"})
     peft: AdapterConfig | None = None
+    eval: EvalSets | None = None
+    select: SelectionRule = field(default_factory=SelectionRule)
     output_dir: str = "runs/unlearn"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -88,8 +94,9 @@ class UnlearnConfig:
 
 
 @dataclass
-class EvalConfig:
-    """``palu eval``: the TOFU metrics of a model on forget and retain data, and on the optional sets.
+class EvalSets:
+    """What an evaluation runs on: shared by ``palu eval``, ``palu attack`` and the evaluation
+    after every unlearning epoch.
 
     Attributes:
         real_authors, world_facts: general-knowledge sets (TOFU's ``*_perturbed`` files); with
@@ -99,27 +106,32 @@ class EvalConfig:
         retain_reference: results.json of the retain model on the same data (or an
             open-unlearning TOFU_EVAL.json); forget quality and privleak need it and are reported
             as unavailable without it.
+        max_new_tokens: generation length for ROUGE.
     """
 
-    model: str = ""
-    tokenizer: str | None = None
     forget: DataSource = field(default_factory=lambda: synthetic("forget"))
     retain: DataSource = field(default_factory=lambda: synthetic("retain"))
     real_authors: DataSource | None = None
     world_facts: DataSource | None = None
     holdout: DataSource | None = None
     retain_reference: str | None = None
-    output_dir: str = "runs/eval"
     batch_size: int = 16
     max_new_tokens: int = 200
     max_length: int = 512
+
+    def options(self) -> dict:
+        return {"batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens, "max_length": self.max_length}
+
+
+@dataclass
+class EvalConfig(EvalSets):
+    """``palu eval``: the TOFU metrics of a model on forget and retain data, and on the optional sets."""
+
+    model: str = ""
+    tokenizer: str | None = None
+    output_dir: str = "runs/eval"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
-
-
-def require_model(cfg) -> None:
-    if not cfg.model:
-        raise PaluError("no model given; set model=PATH_OR_HUB_ID (e.g. a `palu finetune` run's model folder).")
 
 
 def load_configured(cfg):
@@ -171,14 +183,23 @@ def run_unlearn(cfg: UnlearnConfig, overwrite: bool = False, resume: bool = Fals
     if cfg.peft is not None:
         model = add_adapter(model, cfg.peft)
     save_config(out, cfg)
-    history = unlearn(model, tok, forget, retain, name, mcfg, cfg.train, cfg.prompt, out, resume, progress=progress)
+    evaluator = None
+    if cfg.eval is not None:
+        reference = read_json(cfg.eval.retain_reference) if cfg.eval.retain_reference else None
+        evaluator = EpochEvaluator(tok, eval_sets(cfg.eval, cfg.synthetic), cfg.prompt, reference, out, cfg.select,
+                                   **cfg.eval.options())
+        evaluator.evaluate(0, model)
+    history = unlearn(model, tok, forget, retain, name, mcfg, cfg.train, cfg.prompt, out, resume,
+                      on_epoch_end=evaluator, progress=progress)
+    if evaluator is not None:
+        history = [evaluator.records[0], *history]
     return finish(out, for_saving(model, cfg.peft), tok, history)
 
 
-def eval_sets(cfg: EvalConfig) -> dict[str, list[QAItem]]:
+def eval_sets(cfg: EvalSets, synthetic_cfg: SyntheticConfig) -> dict[str, list[QAItem]]:
     """The evaluation sets the config names, loaded, by name in ``SETS`` (the optional ones left out when None)."""
     sources = {name: getattr(cfg, name) for name in SETS}
-    return {name: load_items(source, cfg.synthetic) for name, source in sources.items() if source is not None}
+    return {name: load_items(source, synthetic_cfg) for name, source in sources.items() if source is not None}
 
 
 def run_eval(cfg: EvalConfig, overwrite: bool = False, progress: bool = True) -> dict:
@@ -186,11 +207,10 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False, progress: bool = True) ->
     require_model(cfg)
     out = prepare_output_dir(cfg.output_dir, overwrite)
     reference = read_json(cfg.retain_reference) if cfg.retain_reference else None
-    sets = eval_sets(cfg)
+    sets = eval_sets(cfg, cfg.synthetic)
     model, tok = load_configured(cfg)
     save_config(out, cfg)
-    results = evaluate_tofu(model, tok, sets, cfg.prompt, reference, cfg.batch_size, cfg.max_new_tokens,
-                            cfg.max_length, progress=progress)
+    results = evaluate_tofu(model, tok, sets, cfg.prompt, reference, progress=progress, **cfg.options())
     write_json(out / "results.json", results)
     write_json(out / "summary.json", summary(results))
     return results

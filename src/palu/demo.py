@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from palu.adapters import AdapterConfig
 from palu.commands import (
-    EvalConfig, FinetuneConfig, ScratchConfig, UnlearnConfig, qa_texts, run_eval, run_finetune, run_unlearn,
+    EvalConfig, EvalSets, FinetuneConfig, ScratchConfig, UnlearnConfig, qa_texts, run_eval, run_finetune, run_unlearn,
     scratch_train,
 )
 from palu.data.prompts import PromptConfig
@@ -45,6 +45,8 @@ class DemoConfig:
         peft: unlearn through a LoRA adapter (``peft=lora``) instead of all weights.
         retain_eval_items: retain items evaluated (the first ones), to keep evaluation quick.
         max_new_tokens: generation length for ROUGE (the built-in answers are short).
+        eval_every_epoch: evaluate the unlearning run after every epoch and keep its best epoch
+            (see ``palu.train.selection``); slower, and what the report's per-epoch plots show.
     """
 
     output_dir: str = "palu-demo"
@@ -58,6 +60,7 @@ class DemoConfig:
     peft: AdapterConfig | None = None
     retain_eval_items: int = 100
     max_new_tokens: int = 64
+    eval_every_epoch: bool = False
 
 
 def compared_methods(cfg: DemoConfig, compare: bool) -> dict[str, dict]:
@@ -90,21 +93,25 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False, resume: bool = False, pro
         ft = FinetuneConfig(model="scratch", tokenizer=str(tok_dir), data=[synthetic(split)], output_dir=str(out / name),
                             scratch=cfg.scratch, train=cfg.finetune, **common)
         models[name] = run_finetune(ft, resume=True, progress=progress)
+    reference = str(out / "eval-retain" / "results.json")
+    sets = EvalSets(retain=synthetic("retain", cfg.retain_eval_items), holdout=synthetic("holdout"),
+                    retain_reference=reference, max_new_tokens=cfg.max_new_tokens,
+                    max_length=max(cfg.finetune.max_length, cfg.unlearn.max_length))
+
+    def evaluate(name: str) -> dict:
+        run = out / f"eval-{name}"
+        if not (run / "summary.json").exists():
+            own = {**vars(sets), "retain_reference": None if name == "retain" else reference}
+            run_eval(EvalConfig(**own, model=str(models[name]), output_dir=str(run), **common), overwrite=True,
+                     progress=progress)
+        return read_json(run / "summary.json")
+
+    table = {"retain": evaluate("retain") | {"forget_quality": None}}  # the reference itself
     for name, method in compared_methods(cfg, compare).items():
         ul = UnlearnConfig(model=str(models["full"]), method=method, peft=cfg.peft, output_dir=str(out / name),
-                           train=cfg.unlearn, **common)
+                           train=cfg.unlearn, eval=sets if cfg.eval_every_epoch else None, **common)
         models[name] = run_unlearn(ul, resume=True, progress=progress)
-    evaluation = EvalConfig(retain=synthetic("retain", cfg.retain_eval_items), holdout=synthetic("holdout"),
-                            max_new_tokens=cfg.max_new_tokens,
-                            max_length=max(cfg.finetune.max_length, cfg.unlearn.max_length), **common)
-    table = {}
-    for name in models:
-        run = out / f"eval-{name}"
-        reference = None if name == "retain" else str(out / "eval-retain" / "results.json")
-        if not (run / "summary.json").exists():
-            run_eval(replace(evaluation, model=str(models[name]), output_dir=str(run), retain_reference=reference),
-                     overwrite=True, progress=progress)
-        table[name] = read_json(run / "summary.json")
+    table.update({name: evaluate(name) for name in models if name != "retain"})
     write_json(out / "summary.json", table)
     return table
 

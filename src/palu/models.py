@@ -62,6 +62,13 @@ def tiny_llama(vocab_size: int, hidden: int = 256, layers: int = 4, heads: int =
     return LlamaForCausalLM(config)
 
 
+def require_model(cfg) -> None:
+    """Refuse a command config whose ``model`` is empty, before any work starts."""
+    if not cfg.model:
+        raise PaluError("no model given; set model=PATH_OR_HUB_ID (e.g. a `palu finetune` or `palu unlearn` run's "
+                        "model folder).")
+
+
 def load_tokenizer(name_or_path: str):
     """A fast tokenizer from the hub or a folder, with a pad token set (EOS when it has none)."""
     try:

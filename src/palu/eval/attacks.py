@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from palu.commands import EvalConfig, eval_sets, load_configured, require_model
+from palu.commands import EvalConfig, eval_sets, load_configured
 from palu.data.qa import QAItem
 from palu.demo import format_value
 from palu.errors import PaluError
@@ -31,6 +31,7 @@ from palu.eval.core import summary
 from palu.eval.metrics import mia_auc
 from palu.eval.tofu import _scores, evaluate_tofu
 from palu.io import prepare_output_dir, read_json, write_json
+from palu.models import require_model
 from palu.runs import finish, save_config
 from palu.train.finetune import finetune
 from palu.train.loop import TrainConfig
@@ -254,7 +255,7 @@ def run_attack(cfg: AttackConfig, overwrite: bool = False, progress: bool = True
     did) and ``summary.json`` are rewritten, so an interrupted run keeps its finished rows.
     """
     require_model(cfg)
-    sets = eval_sets(cfg)
+    sets = eval_sets(cfg, cfg.synthetic)
     n = len(sets["forget"])
     relearned = relearn_indices(n, cfg.relearn_items, cfg.relearn.seed) if "relearn" in cfg.attacks else []
     scored = sorted(set(range(n)) - set(relearned))

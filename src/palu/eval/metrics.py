@@ -88,6 +88,21 @@ for _spec in (
                          ("min_k_plus_plus", "Min-k%++ (k=0.4)"))),
     MetricSpec("privleak", None, "relative Min-k% AUC gap to the retain model, in %; 0 is ideal, -100 = the forget "
                                  "set is as exposed as it gets, > 0 = over-unlearned"),
+    # MUSE (palu.eval.muse); names as open-unlearning's. Its MIA AUC and privleak are mia_min_k and privleak above.
+    MetricSpec("forget_verbmem_ROUGE", False, "MUSE VerbMem: mean ROUGE-L F1 of greedy continuations of forget-corpus "
+                                              "excerpts against the true continuations"),
+    MetricSpec("forget_knowmem_ROUGE", False, "MUSE KnowMem: mean ROUGE-L F1 of few-shot greedy answers to questions "
+                                              "on the forget corpus"),
+    MetricSpec("retain_knowmem_ROUGE", True, "MUSE KnowMem: mean ROUGE-L F1 of few-shot greedy answers to questions "
+                                             "on the retain corpus"),
+    # Fluency of generations (palu.eval.fluency).
+    MetricSpec("fluency_token_prob", True, "mean over generations of exp(mean token log-prob) under a scoring model, "
+                                           "i.e. 1 / perplexity, in (0, 1]"),
+    MetricSpec("fluency_distinct_2", True, "mean share of distinct word bigrams in a generation; low = repetitive"),
+    MetricSpec("fluency_repetition", False, "mean share of a generation's words spanned by its longest word n-gram "
+                                            "that occurs twice; near 1 = a generation stuck in a loop"),
+    MetricSpec("fluency_gibberish", True, "mean probability of the 'clean' class of the gibberish classifier "
+                                          "(the paper's Fluency)"),
 ):
     register(_spec)
 
@@ -296,6 +311,9 @@ def forget_quality(tr_unlearned, tr_retain) -> float | None:
     return float(ks_2samp(a, b).pvalue)
 
 
+ROUGE_MEASURES = {"recall": "recall", "f1": "fmeasure"}  # name in palu -> field of a rouge_score Score
+
+
 @lru_cache(maxsize=1)
 def _rouge_scorer():
     from rouge_score import rouge_scorer
@@ -303,17 +321,26 @@ def _rouge_scorer():
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
-def rouge_l_recall(generations: Sequence[str], references: Sequence[str]) -> list[float]:
-    """ROUGE-L recall of each generation against its reference (how much of the reference it reproduces)."""
+def rouge_l(generations: Sequence[str], references: Sequence[str], measure: str = "recall") -> list[float]:
+    """ROUGE-L of each generation against its reference (stemming on, as open-unlearning for TOFU and
+    MUSE alike): ``recall``, how much of the reference it reproduces (TOFU), or ``f1`` (MUSE)."""
     if len(generations) != len(references):
         raise PaluError(f"ROUGE: {len(generations)} generations but {len(references)} references.")
+    if measure not in ROUGE_MEASURES:
+        raise PaluError(f"unknown ROUGE measure {measure!r}; valid: {', '.join(ROUGE_MEASURES)}.")
+    field = ROUGE_MEASURES[measure]
     scorer = _rouge_scorer()
-    return [scorer.score(ref, gen)["rougeL"].recall for gen, ref in zip(generations, references)]
+    return [getattr(scorer.score(ref, gen)["rougeL"], field) for gen, ref in zip(generations, references)]
 
 
-def rouge_result(name: str, generations: Sequence[str], references: Sequence[str]) -> dict:
-    """A ROUGE result; per item the recall with the generation and the reference it was scored against."""
-    recall = rouge_l_recall(generations, references)
-    per_item = [{"rougeL_recall": r, "generation": g, "ground_truth": t}
-                for r, g, t in zip(recall, generations, references)]
-    return result(name, mean_or_none(recall), per_item)
+def rouge_l_recall(generations: Sequence[str], references: Sequence[str]) -> list[float]:
+    """ROUGE-L recall of each generation against its reference (how much of the reference it reproduces)."""
+    return rouge_l(generations, references, "recall")
+
+
+def rouge_result(name: str, generations: Sequence[str], references: Sequence[str], measure: str = "recall") -> dict:
+    """A ROUGE-L result; per item the score (``rougeL_<measure>``) with the generation and its reference."""
+    scores = rouge_l(generations, references, measure)
+    per_item = [{f"rougeL_{measure}": r, "generation": g, "ground_truth": t}
+                for r, g, t in zip(scores, generations, references)]
+    return result(name, mean_or_none(scores), per_item)

@@ -3,6 +3,9 @@
 Answers are tokenised with ``palu.data.labels.encode`` and prompts with ``prompt_ids``, so scoring
 sees exactly the tokens training used. Items are batched by length (longest first, so an
 out-of-memory error shows at once) and results come back in the items' order.
+
+Raw-text benchmarks (MUSE) and fluency need no QA template: ``generate_text`` continues plain
+prompts and ``text_logprobs`` scores plain texts, on the same batching.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from palu.data.labels import IGNORE_INDEX, collate, encode
 from palu.data.prompts import PromptConfig, prompt_ids
@@ -163,15 +167,46 @@ def _stop_ids(model, tokenizer) -> list[int]:
 
 def generate(model, tokenizer, items: Sequence[QAItem], prompt: PromptConfig, max_new_tokens: int = 200,
              batch_size: int = 16, progress: bool = False) -> list[str]:
-    """Greedy answers to the items' questions, decoded without special tokens and stripped.
+    """Greedy answers to the items' questions, decoded without special tokens and stripped."""
+    prompts = [prompt_ids(tokenizer, item.question, prompt) for item in items]
+    return [text.strip() for text in _generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size, progress)]
+
+
+def generate_text(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 128, batch_size: int = 16,
+                  stop_at_newline: bool = False, progress: bool = False) -> list[str]:
+    """Greedy continuations of plain-text prompts (tokenised as the tokenizer does, BOS included),
+    decoded without special tokens and not stripped.
+
+    ``stop_at_newline`` ends each continuation before its first newline in two steps: a stopping
+    criterion ends a row's decoding once its text holds a newline (the other rows go on), and the
+    text is then cut there, since the token that brought the newline may carry more text after it.
+    """
+    ids = [tokenizer(text).input_ids for text in prompts]
+    texts = _generate_ids(model, tokenizer, ids, max_new_tokens, batch_size, progress, stop_at_newline)
+    return [text.split("\n", 1)[0] for text in texts] if stop_at_newline else texts
+
+
+class _NewlineStop(StoppingCriteria):
+    """Per row: done once the tokens generated after ``start`` decode to text holding a newline."""
+
+    def __init__(self, tokenizer, start: int):
+        self.tokenizer, self.start = tokenizer, start
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
+        return torch.tensor(["\n" in text for text in texts], device=input_ids.device)
+
+
+def _generate_ids(model, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int,
+                  progress: bool, stop_at_newline: bool = False) -> list[str]:
+    """Greedy continuations of tokenised prompts, decoded without special tokens, in the prompts' order.
 
     Batches are left-padded by hand so every prompt ends where generation starts, whatever the
     tokenizer's padding side.
     """
-    prompts = [prompt_ids(tokenizer, item.question, prompt) for item in items]
     pad = _pad_id(tokenizer)
     stop = _stop_ids(model, tokenizer)
-    out = [""] * len(items)
+    out = [""] * len(prompts)
     device = model.device
     with _inference(model):
         for idx in tqdm(_length_batches([len(p) for p in prompts], batch_size), desc="generating",
@@ -180,10 +215,47 @@ def generate(model, tokenizer, items: Sequence[QAItem], prompt: PromptConfig, ma
             input_ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in idx], device=device)
             attention_mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx],
                                           device=device)
+            criteria = StoppingCriteriaList([_NewlineStop(tokenizer, width)] if stop_at_newline else [])
             generated = model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                        max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                       pad_token_id=pad, eos_token_id=stop)
+                                       pad_token_id=pad, eos_token_id=stop, stopping_criteria=criteria)
             texts = tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
             for i, text in zip(idx, texts):
-                out[i] = text.strip()
+                out[i] = text
+    return out
+
+
+def text_logprobs(model, tokenizer, texts: Sequence[str], batch_size: int = 16, max_length: int | None = None,
+                  progress: bool = False) -> list[np.ndarray]:
+    """Per text, the log-probability of each token given the ones before it (the first token, BOS
+    where the tokenizer adds one, is context only); texts longer than ``max_length`` tokens are cut.
+
+    Batches are right-padded: a forward pass numbers positions from the left, so right padding
+    keeps every real token where it is unpadded (generation, which follows the mask, pads left).
+    """
+    ids = [tokenizer(text).input_ids for text in texts]
+    if max_length is not None:
+        cut = sum(len(i) > max_length for i in ids)
+        if cut:
+            log.warning("%d of %d texts were cut to max_length=%d tokens before scoring.", cut, len(ids), max_length)
+        ids = [i[:max_length] for i in ids]
+    pad = _pad_id(tokenizer)
+    out = [np.zeros(0, dtype=np.float32)] * len(ids)  # stays so for a text with no token to score
+    scorable = [i for i in range(len(ids)) if len(ids[i]) > 1]
+    device = model.device
+    with _inference(model):
+        for batch in tqdm(_length_batches([len(ids[i]) for i in scorable], batch_size), desc="scoring texts",
+                          disable=not progress):
+            idx = [scorable[b] for b in batch]
+            width = max(len(ids[i]) for i in idx)
+            input_ids = torch.tensor([ids[i] + [pad] * (width - len(ids[i])) for i in idx], device=device)
+            attention_mask = torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in idx],
+                                          device=device)
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            scored = attention_mask[:, 1:].bool()
+            logp = logits[:, :-1][scored].float().log_softmax(-1)  # only real positions reach the (N, V) softmax
+            token_logp = logp.gather(1, input_ids[:, 1:][scored][:, None]).squeeze(1).cpu().numpy()
+            parts = np.split(token_logp, np.cumsum(scored.sum(1).tolist())[:-1])
+            for i, part in zip(idx, parts):
+                out[i] = part
     return out

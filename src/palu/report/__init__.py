@@ -1,0 +1,39 @@
+"""``palu report``: one self-contained HTML page (and a Markdown table) on a set of unlearning runs.
+
+The page has no script and loads nothing (inline CSS, SVG drawn here), so it can be mailed, archived
+with the runs, or opened on an offline machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from palu.errors import PaluError
+from palu.report.discover import discover, forget_items
+from palu.report.render import html_page, markdown
+
+REPORT_FILE = "report.html"
+
+
+def write_report(run_dirs: list[Path], out: Path) -> tuple[Path, Path]:
+    """Write the HTML report to ``out`` and its summary table beside it (``.md``); returns both paths."""
+    out = Path(out)
+    table = out.with_suffix(".md")
+    if table == out:
+        raise PaluError(f"{out}: the report is HTML; name it FILE.html (the Markdown table goes beside it).")
+    runs = discover(run_dirs)
+    page = html_page(runs, forget_items(runs), [Path(p) for p in run_dirs])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    table.write_text(markdown(runs), encoding="utf-8")
+    return out, table
+
+
+def run_report(paths: list[str | Path], out: str | Path | None = None) -> str:
+    """``palu report RUN_DIR... [--out FILE.html]``; by default the report goes into the first folder."""
+    out = Path(out) if out else Path(paths[0] if paths else ".") / REPORT_FILE
+    page, table = write_report([Path(p) for p in paths], out)
+    return f"report written to {page.resolve()}\nsummary table in {table.resolve()}"
+
+
+__all__ = ["run_report", "write_report"]
