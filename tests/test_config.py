@@ -82,3 +82,21 @@ def test_partial_sections_keep_their_defaults():
     cfg = load_config(UnlearnConfig, None, ["retain.limit=3"])
     assert cfg.retain.path == "synthetic" and cfg.retain.split == "retain" and cfg.retain.limit == 3
     assert load_config(DemoConfig, None, ["method=other"]).method == {"name": "other"}
+
+
+def test_paraphrased_questions_replace_the_forget_questions(tmp_path):
+    from palu.commands import EvalConfig, eval_sets
+
+    cfg = load_config(EvalConfig, None, ["questions=paraphrased", "synthetic.n_authors=3",
+                                         "synthetic.forget_authors=1", "synthetic.holdout_authors=1"])
+    sets = eval_sets(cfg, cfg.synthetic)
+    original = eval_sets(load_config(EvalConfig, None, ["synthetic.n_authors=3", "synthetic.forget_authors=1",
+                                                        "synthetic.holdout_authors=1"]), cfg.synthetic)
+    assert [it.question for it in sets["forget"]] == [it.paraphrased_question for it in original["forget"]]
+    assert sets["retain"] == original["retain"]
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "Q?", "answer": "A."}\n')
+    with pytest.raises(PaluError, match="no paraphrased question"):
+        eval_sets(load_config(EvalConfig, None, ["questions=paraphrased", f"forget.path={data}"]), cfg.synthetic)
+    with pytest.raises(PaluError, match="questions must be"):
+        load_config(EvalConfig, None, ["questions=both"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from palu.adapters import AdapterConfig, add_adapter, for_saving
@@ -107,6 +107,8 @@ class EvalSets:
             open-unlearning TOFU_EVAL.json); forget quality and privleak need it and are reported
             as unavailable without it.
         max_new_tokens: generation length for ROUGE.
+        questions: "original", or "paraphrased" to ask the forget questions in other words
+            (TOFU's ``paraphrased_question``; every forget item needs one).
     """
 
     forget: DataSource = field(default_factory=lambda: synthetic("forget"))
@@ -118,6 +120,11 @@ class EvalSets:
     batch_size: int = 16
     max_new_tokens: int = 200
     max_length: int = 512
+    questions: str = "original"
+
+    def __post_init__(self) -> None:
+        if self.questions not in ("original", "paraphrased"):
+            raise PaluError(f"questions must be 'original' or 'paraphrased', not {self.questions!r}.")
 
     def options(self) -> dict:
         return {"batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens, "max_length": self.max_length}
@@ -199,7 +206,14 @@ def run_unlearn(cfg: UnlearnConfig, overwrite: bool = False, resume: bool = Fals
 def eval_sets(cfg: EvalSets, synthetic_cfg: SyntheticConfig) -> dict[str, list[QAItem]]:
     """The evaluation sets the config names, loaded, by name in ``SETS`` (the optional ones left out when None)."""
     sources = {name: getattr(cfg, name) for name in SETS}
-    return {name: load_items(source, synthetic_cfg) for name, source in sources.items() if source is not None}
+    sets = {name: load_items(source, synthetic_cfg) for name, source in sources.items() if source is not None}
+    if cfg.questions == "paraphrased" and "forget" in sets:
+        missing = [item.source for item in sets["forget"] if not item.paraphrased_question]
+        if missing:
+            raise PaluError(f"{len(missing)} forget items have no paraphrased question (first: {missing[0]}); "
+                            "use a source with paraphrased_question, or questions=original.")
+        sets["forget"] = [replace(item, question=item.paraphrased_question) for item in sets["forget"]]
+    return sets
 
 
 def run_eval(cfg: EvalConfig, overwrite: bool = False, progress: bool = True) -> dict:
