@@ -54,3 +54,15 @@ def chat_tokenizer():
                                                              unk_token="<unk>", show_progress=False))
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                    unk_token="<unk>", chat_template=CHAT_TEMPLATE)
+
+
+def greedy_loop(model, tok, ids: list[int], max_new_tokens: int) -> str:
+    """The plain greedy continuation of ``ids``: one sequence, one token at a time, no cache."""
+    new = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            nxt = int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+            if nxt == tok.eos_token_id:
+                break
+            new.append(nxt)
+    return tok.decode(new, skip_special_tokens=True)

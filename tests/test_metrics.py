@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import greedy_loop
 from scipy.stats import ks_2samp
 
 from palu.data.labels import IGNORE_INDEX, collate, encode
@@ -214,15 +215,7 @@ def test_scoring_restores_training_mode(tiny):
 
 
 def _manual_greedy(model, tok, item, max_new_tokens):
-    ids = prompt_ids(tok, item.question, PROMPT)
-    new = []
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            nxt = int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
-            if nxt == tok.eos_token_id:
-                break
-            new.append(nxt)
-    return tok.decode(new, skip_special_tokens=True).strip()
+    return greedy_loop(model, tok, prompt_ids(tok, item.question, PROMPT), max_new_tokens).strip()
 
 
 def test_generate_is_batch_invariant_and_greedy(tiny):

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import greedy_loop
 from rouge_score import rouge_scorer
 from sklearn.metrics import roc_auc_score
 
@@ -53,14 +54,7 @@ def tiny():
 
 def _greedy(model, tok, prompt, max_new_tokens):
     """One prompt at a time, one token at a time: the plain greedy continuation."""
-    ids, new = tok(prompt).input_ids, []
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            nxt = int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
-            if nxt == tok.eos_token_id:
-                break
-            new.append(nxt)
-    return tok.decode(new, skip_special_tokens=True)
+    return greedy_loop(model, tok, tok(prompt).input_ids, max_new_tokens)
 
 
 def _slow_logprobs(model, tok, text):
