@@ -369,8 +369,13 @@ def test_evaluate_tofu_full_suite(tiny):
     res = evaluate_tofu(model, tok, sets, PROMPT, batch_size=4, max_new_tokens=4)
     expected = set(CORE) | set(MODEL_UTILITY_PARTS) | {"extraction_strength", "model_utility", "privleak",
                                                        "ra_Q_A_Prob", "wf_Q_A_Prob", "mia_loss", "mia_zlib",
-                                                       "mia_min_k", "mia_min_k_plus_plus"}
+                                                       "mia_min_k", "mia_min_k_plus_plus", "fluency_distinct_2",
+                                                       "fluency_repetition", "fluency_token_prob", "fluency_gibberish"}
     assert set(res) == expected
+    assert res["fluency_token_prob"]["agg_value"] is None  # no scoring model given
+    scored = evaluate_tofu(model, tok, {"forget": sets["forget"]}, PROMPT, batch_size=4, max_new_tokens=4,
+                           fluency_model=model)
+    assert 0 < scored["fluency_token_prob"]["agg_value"] <= 1
     for name, r in res.items():
         assert r["higher_is_better"] == METRICS[name].higher_is_better
     assert res["forget_quality"]["agg_value"] is None and res["privleak"]["agg_value"] is None  # no reference

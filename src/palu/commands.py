@@ -109,6 +109,9 @@ class EvalSets:
         max_new_tokens: generation length for ROUGE.
         questions: "original", or "paraphrased" to ask the forget questions in other words
             (TOFU's ``paraphrased_question``; every forget item needs one).
+        fluency_model: a model sharing the evaluated model's tokenizer (the retain model, say) that
+            scores the fluency of the forget generations; without it only the model-free fluency
+            measures are reported.
     """
 
     forget: DataSource = field(default_factory=lambda: synthetic("forget"))
@@ -121,6 +124,7 @@ class EvalSets:
     max_new_tokens: int = 200
     max_length: int = 512
     questions: str = "original"
+    fluency_model: str | None = None
 
     def __post_init__(self) -> None:
         if self.questions not in ("original", "paraphrased"):
@@ -224,7 +228,9 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False, progress: bool = True) ->
     sets = eval_sets(cfg, cfg.synthetic)
     model, tok = load_configured(cfg)
     save_config(out, cfg)
-    results = evaluate_tofu(model, tok, sets, cfg.prompt, reference, progress=progress, **cfg.options())
+    scorer = load_model(cfg.fluency_model) if cfg.fluency_model else None
+    results = evaluate_tofu(model, tok, sets, cfg.prompt, reference, progress=progress, fluency_model=scorer,
+                            **cfg.options())
     write_json(out / "results.json", results)
     write_json(out / "summary.json", summary(results))
     return results

@@ -95,7 +95,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False, resume: bool = False, pro
         models[name] = run_finetune(ft, resume=True, progress=progress)
     reference = str(out / "eval-retain" / "results.json")
     sets = EvalSets(retain=synthetic("retain", cfg.retain_eval_items), holdout=synthetic("holdout"),
-                    retain_reference=reference, max_new_tokens=cfg.max_new_tokens,
+                    retain_reference=reference, fluency_model=str(models["retain"]), max_new_tokens=cfg.max_new_tokens,
                     max_length=max(cfg.finetune.max_length, cfg.unlearn.max_length))
 
     def evaluate(name: str) -> dict:

@@ -107,7 +107,7 @@ def fluency(generations: Sequence[str], scoring_model=None, tokenizer=None, batc
         results["fluency_gibberish"] = mean_result("fluency_gibberish",
                                                    gibberish_clean(generations, classifier, batch_size))
     except Unavailable as e:
-        log.warning("fluency_gibberish is unavailable: %s", e)
+        log.info("fluency_gibberish is unavailable: %s", e)
         results["fluency_gibberish"] = {**result("fluency_gibberish", None), "message": str(e)}
     return results
 

@@ -21,6 +21,7 @@ from functools import partial
 from palu.data.prompts import PromptConfig
 from palu.data.qa import QAItem
 from palu.errors import PaluError
+from palu.eval.fluency import fluency
 from palu.eval.metrics import (
     MODEL_UTILITY_PARTS,
     OPEN_UNLEARNING_EPS,
@@ -50,8 +51,11 @@ MIA_K = 0.4
 
 def evaluate_tofu(model, tokenizer, sets: Mapping[str, Sequence[QAItem]], prompt: PromptConfig,
                   retain_reference: Mapping | None = None, batch_size: int = 16, max_new_tokens: int = 200,
-                  max_length: int = 512, progress: bool = False) -> dict[str, dict]:
+                  max_length: int = 512, progress: bool = False, fluency_model=None) -> dict[str, dict]:
     """Every TOFU metric the given ``sets`` (names in ``SETS``) allow; metric name -> result.
+
+    The forget generations' fluency is measured too (:mod:`palu.eval.fluency`); its token
+    probability needs ``fluency_model``, a model sharing ``tokenizer`` (the retain model, say).
 
     Truth ratios need wrong answers on the items (``perturbed_answers``, and ``paraphrased_answer``
     on forget and retain); a split without them reports its truth ratio as unavailable.
@@ -75,6 +79,8 @@ def evaluate_tofu(model, tokenizer, sets: Mapping[str, Sequence[QAItem]], prompt
         results["exact_memorization"] = mean_result("exact_memorization", forget.accuracy)
         results["extraction_strength"] = mean_result("extraction_strength",
                                                      [extraction_strength(t.hit) for t in forget.tokens])
+        generations = [v["generation"] for v in results["forget_Q_A_ROUGE"]["value_by_index"].values()]
+        results.update(fluency(generations, fluency_model, tokenizer, batch_size, progress=progress))
     for name in ("retain", *GENERAL):
         if name in sets:
             results.update(_qa_metrics(name, sets[name], score(sets[name]), score, multi, gen))
