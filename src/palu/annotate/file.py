@@ -27,7 +27,7 @@ from palu.annotate.base import Annotator, AnnotationReport, Change, item_name, r
 from palu.annotate.text import (
     enclosing_word, first_free, is_word_char, occurrences, on_boundaries, overlaps, widen_to_words,
 )
-from palu.data.loaders import ANNOTATION_SPANS_FIELD, _json_rows  # the loaders' reader and its error messages
+from palu.data.loaders import ANNOTATION_SPANS_FIELD, json_rows  # the loaders' reader and its error messages
 from palu.data.qa import QAItem, Span
 from palu.errors import PaluError
 
@@ -82,7 +82,7 @@ class FileAnnotator(Annotator):
         if path.is_dir():
             return _saved_rows(path, self.split)
         rows = []
-        for where, row in _json_rows(path):
+        for where, row in json_rows(path):
             if not isinstance(row, dict):
                 raise PaluError(f"{where}: expected an object with question, answer and {self.spans_field}.")
             rows.append((where, row))

@@ -126,7 +126,7 @@ def _split_file(folder: Path, split: str | None) -> Path:
 def _file_rows(path: Path, source: DataSource) -> Iterator[Row]:
     suffix = path.suffix.lower()
     if suffix in (".json", ".jsonl"):
-        return _json_rows(path)
+        return json_rows(path)
     if suffix == ".csv":
         return _csv_rows(path, (source.perturbed_answers_field, source.spans_field, ANNOTATION_SPANS_FIELD))
     if suffix == ".parquet":
@@ -147,7 +147,7 @@ def _read_text(path: Path) -> str:
         raise PaluError(f"{path}:{line}: not UTF-8 text; re-save the file as UTF-8.") from None
 
 
-def _json_rows(path: Path) -> Iterator[Row]:
+def json_rows(path: Path) -> Iterator[Row]:
     """A JSON array or JSON Lines, told apart by content: TOFU's .json files are JSON Lines."""
     text = _read_text(path)
     if text.lstrip().startswith("["):

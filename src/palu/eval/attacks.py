@@ -29,7 +29,7 @@ from palu.demo import format_value
 from palu.errors import PaluError
 from palu.eval.core import summary
 from palu.eval.metrics import mia_auc
-from palu.eval.tofu import _scores, evaluate_tofu
+from palu.eval.tofu import evaluate_tofu, item_values
 from palu.io import prepare_output_dir, read_json, write_json
 from palu.models import require_model
 from palu.runs import finish, save_config
@@ -113,8 +113,8 @@ def restrict_reference(reference: Mapping | None, indices: list[int]) -> dict | 
         if "mia_min_k" in reference:
             mia = reference["mia_min_k"]
             by_set = mia["value_by_index"]
-            forget = _scores({"value_by_index": _pick(by_set["forget"], indices)})
-            out["mia_min_k"] = {**mia, "agg_value": mia_auc(forget, _scores({"value_by_index": by_set["holdout"]}))}
+            forget = item_values({"value_by_index": _pick(by_set["forget"], indices)})
+            out["mia_min_k"] = {**mia, "agg_value": mia_auc(forget, item_values({"value_by_index": by_set["holdout"]}))}
     except KeyError:
         raise PaluError(f"the retain reference lacks per-item forget values for the {len(indices)} forget items "
                         f"scored here (positions up to {max(indices)}); evaluate the retain model on the same "

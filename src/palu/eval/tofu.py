@@ -149,7 +149,7 @@ def add_comparisons(results: dict[str, dict], retain_reference: Mapping | None) 
     if "forget_truth_ratio" in results:
         ref = reference.get("forget_truth_ratio")
         results["forget_quality"] = result("forget_quality", forget_quality(
-            _scores(results["forget_truth_ratio"]), None if ref is None else _scores(ref)))
+            item_values(results["forget_truth_ratio"]), None if ref is None else item_values(ref)))
     if "mia_min_k" in results:
         ref = reference.get("mia_min_k")
         results["privleak"] = result("privleak", privleak(results["mia_min_k"]["agg_value"],
@@ -160,6 +160,6 @@ def add_comparisons(results: dict[str, dict], retain_reference: Mapping | None) 
         results["model_utility"] = result("model_utility", model_utility(parts), parts)
 
 
-def _scores(res: Mapping) -> list[float]:
+def item_values(res: Mapping) -> list[float]:
     """Per-item values of a result: palu's plain numbers or open-unlearning's ``{"score": x}``."""
     return [v["score"] if isinstance(v, Mapping) else v for v in res["value_by_index"].values()]
