@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from palu.methods.common import Head
-from palu.methods.head import head_loss_sum, ref_argmax
+from palu.methods.head import KINDS, Head, head_loss_sum, ref_argmax
 
 
 def plain(h, w, b, ref_h, ref_w, ref_b, targets, kind):
@@ -25,7 +24,7 @@ def plain(h, w, b, ref_h, ref_w, ref_b, targets, kind):
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
 def test_matches_autograd(kind, bias, chunk):
-    gen = torch.Generator().manual_seed(hash((kind, bias, chunk)) % 1000)
+    gen = torch.Generator().manual_seed(KINDS.index(kind) * 100 + 10 * bias + chunk)
     n, d, v = 23, 16, 97
     h = torch.randn(n, d, generator=gen, requires_grad=True)
     w = torch.randn(v, d, generator=gen, requires_grad=True)
@@ -40,8 +39,8 @@ def test_matches_autograd(kind, bias, chunk):
     slow = plain(h, w, b, ref_h, ref_w, ref_b, targets, kind)
     g_slow = torch.autograd.grad(2.5 * slow, params)
     assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-5)
-    for a, e in zip(g_fast, g_slow):
-        assert torch.allclose(a, e, rtol=1e-4, atol=1e-5)
+    for a, e in zip(g_fast, g_slow):  # relative to the gradient's scale: entries near 0 carry fp32 noise
+        assert float((a - e).norm() / e.norm()) <= 1e-5
 
 
 def test_frozen_output_layer_gets_no_gradient():
