@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
+from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -88,6 +88,15 @@ class EpochData(Dataset):
 
     def __getitem__(self, i: int):
         return self.fetch(self.order[i], self.epoch)
+
+
+def process_state() -> PartialState:
+    """This process's place among the training processes; on CPUs several processes use gloo.
+
+    Created here (and by :func:`train`) with the same ``cpu`` flag, since the first creation fixes
+    the distributed setup for the whole process.
+    """
+    return PartialState(cpu=not torch.accelerator.is_available())
 
 
 def mixed_precision(setting: str) -> str:

@@ -10,10 +10,12 @@ layer's states the same way.
 from __future__ import annotations
 
 import torch
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from palu.data.labels import Encoded, collate
 from palu.methods.common import answer_positions, hidden_state
+from palu.train.loop import process_state
 
 
 @torch.no_grad()
@@ -22,20 +24,27 @@ def reference_hidden(model, examples: list[Encoded], pad_id: int, batch_size: in
     """Hidden states of ``model`` at each example's answer positions, batched by length.
 
     ``index`` picks the entry of ``hidden_states`` (-1: final, post-norm; see
-    :func:`palu.methods.common.hidden_state`).
+    :func:`palu.methods.common.hidden_state`). Runs on the training device; with several
+    processes each computes a share and all of them receive every example's states.
     """
+    state = process_state()
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    model.to(state.device)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    out: list[torch.Tensor | None] = [None] * len(examples)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="reference", disable=not progress, leave=False):
-        idx = order[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
+    mine = order[state.process_index :: state.num_processes]  # every process gets short and long ones
+    computed: list[tuple[int, torch.Tensor]] = []
+    starts = range(0, len(mine), batch_size)
+    for start in tqdm(starts, desc="reference", disable=not (progress and state.is_main_process), leave=False):
+        idx = mine[start : start + batch_size]
+        batch = {k: v.to(state.device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
         hidden = hidden_state(model, batch, index)[:, :-1]
         mask = answer_positions(batch)
-        for row, i in enumerate(idx):
-            out[i] = hidden[row][mask[row]].cpu()
+        computed += [(i, hidden[row][mask[row]].cpu()) for row, i in enumerate(idx)]
+    if state.num_processes > 1:
+        computed = gather_object(computed)
     model.train(was_training)
+    out: list[torch.Tensor | None] = [None] * len(examples)
+    for i, states in computed:
+        out[i] = states
     return out
