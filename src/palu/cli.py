@@ -1,4 +1,4 @@
-"""The `palu` command: demo, finetune, unlearn, eval, annotate, attack, report.
+"""The `palu` command: demo, finetune, unlearn, eval, annotate, attack, report, sweep.
 
 Each takes ``--config FILE.yaml`` plus ``key=value`` overrides (``train.lr=1e-5``, ``method=palu``)
 and prints where its outputs went. Errors in the input are printed as one message, not a trace.
@@ -31,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
         "eval": "evaluate a model on forget and retain data (TOFU metrics)",
         "annotate": "find the sensitive spans in QA answers (contrast, rules, file or llm annotator)",
         "attack": "evaluate an unlearned model under relearning, quantization and paraphrase attacks",
+        "sweep": "search PALU's lr, alpha, K and N for the forget-quality / utility Pareto front (Optuna)",
     }
     for name, text in helps.items():
         c = sub.add_parser(name, help=text, description=text)
@@ -41,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
             c.add_argument("--compare", action="store_true", help="unlearn with PALU and every baseline; one table")
         if name == "annotate":
             c.add_argument("--show", action="store_true", help="print the answers with their spans highlighted")
-        elif name not in ("eval", "attack"):
+        elif name not in ("eval", "attack", "sweep"):
             c.add_argument("--resume", action="store_true", help="continue an interrupted run in its output folder")
         if name == "eval":
             c.add_argument("--from-open-unlearning", metavar="EVAL.json",
@@ -105,6 +106,12 @@ def run(args) -> str:
         cfg = load_config(AttackConfig, args.config, args.overrides)
         table = run_attack(cfg, args.overwrite, progress)
         return f"{attack_table(table)}\n\nresults in {Path(cfg.output_dir).resolve()}"
+    if args.command == "sweep":
+        from palu.sweep import SweepConfig, pareto_table, run_sweep
+
+        cfg = load_config(SweepConfig, args.config, args.overrides)
+        front = run_sweep(cfg, args.overwrite, progress)
+        return f"{pareto_table(front)}\n\nthe study and every trial are in {Path(cfg.output_dir).resolve()}"
     if args.command == "unlearn":
         cfg = load_config(commands.UnlearnConfig, args.config, args.overrides)
         return f"unlearned model saved to {commands.run_unlearn(cfg, args.overwrite, resume, progress).resolve()}"

@@ -181,8 +181,10 @@ def method_config(options: dict):
     return spec.name, build(spec.config, options, "method")
 
 
-def run_unlearn(cfg: UnlearnConfig, overwrite: bool = False, resume: bool = False, progress: bool = True) -> Path:
-    """Unlearn and save; returns the saved model folder."""
+def run_unlearn(cfg: UnlearnConfig, overwrite: bool = False, resume: bool = False, progress: bool = True,
+                stop=None) -> Path:
+    """Unlearn and save; returns the saved model folder. ``stop`` sees the per-epoch evaluations
+    (with ``cfg.eval``) and may raise to end the run early."""
     require_model(cfg)
     name, mcfg = method_config(cfg.method)
     out = prepare_output_dir(cfg.output_dir, overwrite, resume)
@@ -198,7 +200,7 @@ def run_unlearn(cfg: UnlearnConfig, overwrite: bool = False, resume: bool = Fals
     if cfg.eval is not None:
         reference = read_json(cfg.eval.retain_reference) if cfg.eval.retain_reference else None
         evaluator = EpochEvaluator(tok, eval_sets(cfg.eval, cfg.synthetic), cfg.prompt, reference, out, cfg.select,
-                                   **cfg.eval.options())
+                                   stop=stop, **cfg.eval.options())
         evaluator.evaluate(0, model)
     history = unlearn(model, tok, forget, retain, name, mcfg, cfg.train, cfg.prompt, out, resume,
                       on_epoch_end=evaluator, progress=progress)

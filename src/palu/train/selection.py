@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,12 +58,13 @@ class EpochEvaluator:
     """The hook the training loop calls after each epoch: evaluate, record, keep the best model.
 
     Per-epoch results go to ``<run>/eval/epoch-<n>.json``; a resumed run reads them back, so the
-    selection sees every epoch.
+    selection sees every epoch. ``stop(records)`` may raise to end training early (a sweep's pruning).
     """
 
     def __init__(self, tokenizer, sets: dict, prompt: PromptConfig, reference: dict | None, run: Path,
-                 rule: SelectionRule, progress: bool = False, **eval_options):
-        self.tokenizer, self.sets, self.prompt, self.reference = tokenizer, sets, prompt, reference
+                 rule: SelectionRule, progress: bool = False, stop: Callable[[list[dict]], None] | None = None,
+                 **eval_options):
+        self.tokenizer, self.sets, self.prompt, self.reference, self.stop = tokenizer, sets, prompt, reference, stop
         self.run, self.rule, self.progress, self.options = Path(run), rule, progress, eval_options
         self.records = [read_json(p)["summary"] for p in sorted((self.run / "eval").glob("epoch-*.json"),
                                                                  key=lambda p: int(re.findall(r"\d+", p.stem)[0]))]
@@ -86,4 +88,6 @@ class EpochEvaluator:
             self.tokenizer.save_pretrained(self.run / BEST_DIR)
             write_json(self.run / "best.json", {"rule": vars(self.rule), **best})
             log.info("epoch %d is the best so far by %s; saved to %s", epoch, self.rule.metric, self.run / BEST_DIR)
+        if self.stop is not None:
+            self.stop(self.records)
         return {k: v for k, v in record.items() if k != "epoch"}

@@ -1,0 +1,136 @@
+"""`palu sweep`: find good unlearning settings in tens of runs, not a grid of thousands.
+
+A multi-objective Optuna study (TPE or NSGA-II) over learning rate, alpha, K and N maximises
+forget quality and utility together and returns their Pareto front. Every trial is an ordinary
+unlearning run evaluated after each epoch; its values are those of its best epoch under the
+selection rule (:mod:`palu.train.selection`), or of its last epoch when no epoch keeps the
+utility floor. Pruning is per epoch and domain-specific: a trial stops as soon as its utility
+falls below ``prune_below`` times the starting model's, since unlearning does not win it back.
+Optuna's own pruners do not support several objectives. The study lives in
+``<output_dir>/study.db``, so an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from palu.commands import UnlearnConfig, run_unlearn
+from palu.errors import PaluError
+from palu.io import prepare_output_dir, read_json, write_json
+from palu.runs import save_config
+from palu.train.selection import UTILITY_FALLBACK, best_epoch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchSpace:
+    """The ranges searched: ``[low, high]`` on a log scale for lr and alpha, choices for K and N.
+
+    The defaults suit the tiny models of the demo; for 7B-scale models use lr around [1e-5, 5e-5]
+    (the official PALU grid spans 1e-5 to 5e-5, alpha 0.2 to 5, K 1 to 10,000, N 1 to 10).
+    """
+
+    lr: list[float] = field(default_factory=lambda: [1e-4, 3e-3])
+    alpha: list[float] = field(default_factory=lambda: [0.2, 5.0])
+    top_k: list[int] = field(default_factory=lambda: [1, 10, 50, 1000])
+    first_n: list[int] = field(default_factory=lambda: [1, 2, 3, 5, -1])
+
+
+@dataclass
+class SweepConfig:
+    """``palu sweep``: the base unlearning run (``unlearn.*``, with ``unlearn.eval`` set) and the search.
+
+    Attributes:
+        trials: runs in the study (resumed studies count the finished ones).
+        sampler: "tpe" or "nsga2".
+        prune_below: stop a trial when utility falls below this fraction of the starting model's.
+    """
+
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    space: SearchSpace = field(default_factory=SearchSpace)
+    trials: int = 30
+    sampler: str = "tpe"
+    seed: int = 0
+    prune_below: float = 0.8
+    output_dir: str = "runs/sweep"
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("tpe", "nsga2"):
+            raise PaluError(f"sampler must be tpe or nsga2, not {self.sampler!r}.")
+        if self.unlearn.eval is None:
+            raise PaluError("a sweep scores every epoch: set the evaluation sets (unlearn.eval.forget.path=..., "
+                            "unlearn.eval.retain_reference=RETAIN_RESULTS.json).")
+        if self.unlearn.method.get("name", "palu") != "palu":
+            raise PaluError("the sweep searches PALU's lr, alpha, K and N; set unlearn.method.name=palu.")
+
+
+class UtilityCollapsed(Exception):
+    """Raised from the epoch hook to end a trial whose utility fell below the pruning floor."""
+
+
+def utility_of(record: dict, name: str) -> float | None:
+    return record.get(name) if record.get(name) is not None else record.get(UTILITY_FALLBACK)
+
+
+def run_sweep(cfg: SweepConfig, overwrite: bool = False, progress: bool = False) -> list[dict]:
+    """Run (or resume) the study; returns the Pareto-optimal trials, also written to ``pareto.json``."""
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate TPE
+    out = prepare_output_dir(cfg.output_dir, overwrite, resume=True)
+    save_config(out, cfg)
+    sampler = (optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True) if cfg.sampler == "tpe"
+               else optuna.samplers.NSGAIISampler(seed=cfg.seed))
+    study = optuna.create_study(study_name="palu", storage=f"sqlite:///{out / 'study.db'}", load_if_exists=True,
+                                directions=["maximize", "maximize"], sampler=sampler)
+    rule, utility = cfg.unlearn.select, cfg.unlearn.select.utility
+
+    def objective(trial) -> tuple[float, float]:
+        space = cfg.space
+        method = {**cfg.unlearn.method, "name": "palu",
+                  "alpha": trial.suggest_float("alpha", *space.alpha, log=True),
+                  "top_k": trial.suggest_categorical("top_k", space.top_k),
+                  "first_n": trial.suggest_categorical("first_n", space.first_n)}
+        train = replace(cfg.unlearn.train, lr=trial.suggest_float("lr", *space.lr, log=True))
+        run = out / f"trial-{trial.number:03d}"
+        run_cfg = replace(cfg.unlearn, method=method, train=train, output_dir=str(run))
+        try:
+            run_unlearn(run_cfg, overwrite=True, progress=progress, stop=lambda records: _collapsed(records, utility,
+                                                                                                  cfg.prune_below))
+        except UtilityCollapsed:
+            raise optuna.TrialPruned() from None
+        records = [read_json(p)["summary"] for p in sorted((run / "eval").glob("epoch-*.json"))]
+        chosen = best_epoch(records, rule) or max(records, key=lambda r: r["epoch"])
+        trial.set_user_attr("epoch", chosen["epoch"])
+        forget_quality, kept = chosen.get(rule.metric), utility_of(chosen, utility)
+        if forget_quality is None or kept is None:
+            raise PaluError(f"trial {trial.number}: the evaluation gives no {rule.metric} or utility; "
+                            "set unlearn.eval.retain_reference.")
+        return forget_quality, kept
+
+    remaining = cfg.trials - len([t for t in study.trials if t.state.is_finished()])
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, catch=())
+    front = [{"trial": t.number, "epoch": t.user_attrs.get("epoch"), "forget_quality": t.values[0],
+              "utility": t.values[1], **t.params} for t in sorted(study.best_trials, key=lambda t: -t.values[0])]
+    write_json(out / "pareto.json", front)
+    return front
+
+
+def _collapsed(records: list[dict], utility: str, fraction: float) -> None:
+    start, last = records[0], records[-1]
+    base, now = utility_of(start, utility), utility_of(last, utility)
+    if last["epoch"] > 0 and base is not None and now is not None and now < fraction * base:
+        raise UtilityCollapsed
+
+
+def pareto_table(front: list[dict]) -> str:
+    """The Pareto front as a plain-text table, best forget quality first."""
+    header = f"{'trial':>5}  {'epoch':>5}  {'forget quality':>14}  {'utility':>8}  {'lr':>9}  {'alpha':>6}  {'K':>5}  {'N':>3}"
+    rows = [f"{r['trial']:>5}  {r['epoch']:>5}  {r['forget_quality']:>14.4g}  {r['utility']:>8.4f}  {r['lr']:>9.2e}  "
+            f"{r['alpha']:>6.3g}  {r['top_k']:>5}  {r['first_n']:>3}" for r in front]
+    return "\n".join([header, *rows])

@@ -1,0 +1,59 @@
+"""`palu sweep`: trials are ordinary evaluated runs, the front is Pareto-optimal, studies resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_cli import TINY
+
+from palu.cli import main
+from palu.config import load_config
+from palu.errors import PaluError
+from palu.sweep import SweepConfig
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "demo"
+    assert main(["demo", f"output_dir={out}", *TINY]) == 0
+    return out
+
+
+def sweep_args(demo, out, trials, *extra):
+    return ["sweep", f"output_dir={out}", f"trials={trials}", f"unlearn.model={demo / 'full' / 'model'}",
+            f"unlearn.eval.retain_reference={demo / 'eval-retain' / 'results.json'}", "unlearn.eval.retain.limit=3",
+            "unlearn.eval.max_new_tokens=4", "unlearn.train.epochs=2", "unlearn.train.batch_size=4",
+            "unlearn.train.max_length=128", *(f"unlearn.{o}" for o in TINY[:3]), "--quiet", *extra]
+
+
+def dominated(a, b):
+    return b["forget_quality"] >= a["forget_quality"] and b["utility"] >= a["utility"] and b != a
+
+
+def test_sweep_finds_a_pareto_front_and_resumes(demo, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(sweep_args(demo, out, 3, "prune_below=0")) == 0
+    front = json.loads((out / "pareto.json").read_text())
+    assert front and all(not any(dominated(a, b) for b in front) for a in front)
+    for row in front:
+        assert 1e-4 <= row["lr"] <= 3e-3 and row["top_k"] in (1, 10, 50, 1000) and row["epoch"] in (1, 2)
+        assert (out / f"trial-{row['trial']:03d}" / "eval" / "epoch-0.json").exists()
+    assert "forget quality" in capsys.readouterr().out
+    assert main(sweep_args(demo, out, 4, "prune_below=0")) == 0  # one more trial, not four
+    assert len(list(out.glob("trial-*"))) == 4
+
+
+def test_trials_that_lose_utility_are_pruned(demo, tmp_path):
+    import optuna
+
+    out = tmp_path / "p"
+    assert main(sweep_args(demo, out, 2, "prune_below=100")) == 0  # any utility is "too low"
+    study = optuna.load_study(study_name="palu", storage=f"sqlite:///{out / 'study.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
+    assert json.loads((out / "pareto.json").read_text()) == []
+
+
+def test_a_sweep_needs_per_epoch_evaluation():
+    with pytest.raises(PaluError, match="unlearn.eval"):
+        load_config(SweepConfig, None, [])
