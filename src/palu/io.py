@@ -11,20 +11,24 @@ from pathlib import Path
 from palu.errors import PaluError
 
 
-def write_json(path: str | Path, obj) -> Path:
-    """Write JSON atomically: a temporary file in the same folder, then a rename."""
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically: a temporary file in the same folder, then a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, default=_jsonable)
-            fh.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Write JSON atomically."""
+    return write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
 
 
 def read_json(path: str | Path):

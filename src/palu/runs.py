@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from palu.config import dump
-from palu.io import write_json
+from palu.io import write_json, write_text
 from palu.train.loop import CHECKPOINT
 
 MODEL_DIR = "model"
@@ -25,10 +25,7 @@ def is_finished(run: str | Path) -> bool:
 
 
 def save_config(run: str | Path, cfg) -> None:
-    path = Path(run) / "config.yaml"
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(dump(cfg))
-    tmp.replace(path)
+    write_text(Path(run) / "config.yaml", dump(cfg))
 
 
 def finish(run: str | Path, model, tokenizer, history: list[dict]) -> Path:

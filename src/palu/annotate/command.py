@@ -7,9 +7,7 @@ The output rows use the TPO/PALU field ``target_words`` (``{"word", "start", "en
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from palu.data.loaders import ANNOTATION_SPANS_FIELD, DataSource
 from palu.data.qa import QAItem
 from palu.data.sources import SyntheticConfig, load_items, synthetic
 from palu.errors import PaluError
+from palu.io import write_text
 
 HIGHLIGHT, RESET = "\x1b[1;30;43m", "\x1b[0m"  # bold black on yellow
 
@@ -74,19 +73,8 @@ def to_row(item: QAItem) -> dict:
 
 
 def write_spans(path: str | Path, items: list[QAItem]) -> Path:
-    """Write ``items`` as JSON Lines atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for item in items:
-                fh.write(json.dumps(to_row(item), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``items`` as JSON Lines, atomically."""
+    return write_text(path, "".join(json.dumps(to_row(item), ensure_ascii=False) + "\n" for item in items))
 
 
 def show_spans(items: list[QAItem], color: bool = True) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from palu.errors import PaluError
+from palu.io import write_text
 from palu.report.discover import discover, forget_items
 from palu.report.render import html_page, markdown
 
@@ -23,9 +24,8 @@ def write_report(run_dirs: list[Path], out: Path) -> tuple[Path, Path]:
         raise PaluError(f"{out}: the report is HTML; name it FILE.html (the Markdown table goes beside it).")
     runs = discover(run_dirs)
     page = html_page(runs, forget_items(runs), [Path(p) for p in run_dirs])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    table.write_text(markdown(runs), encoding="utf-8")
+    write_text(out, page)
+    write_text(table, markdown(runs))
     return out, table
 
 
