@@ -32,6 +32,7 @@ from palu.eval.scoring import text_logprobs
 
 log = logging.getLogger(__name__)
 
+_REPORTED: set[str] = set()
 GIBBERISH_DETECTOR = "madhurjindal/autonlp-Gibberish-Detector-492513457"
 CLEAN_LABEL = "clean"
 WORD = re.compile(r"\w+")
@@ -107,7 +108,9 @@ def fluency(generations: Sequence[str], scoring_model=None, tokenizer=None, batc
         results["fluency_gibberish"] = mean_result("fluency_gibberish",
                                                    gibberish_clean(generations, classifier, batch_size))
     except Unavailable as e:
-        log.info("fluency_gibberish is unavailable: %s", e)
+        if str(e) not in _REPORTED:  # once per process, not once per evaluation
+            _REPORTED.add(str(e))
+            log.info("fluency_gibberish is unavailable: %s", e)
         results["fluency_gibberish"] = {**result("fluency_gibberish", None), "message": str(e)}
     return results
 
