@@ -34,7 +34,7 @@ class SearchSpace:
     (the official PALU grid spans 1e-5 to 5e-5, alpha 0.2 to 5, K 1 to 10,000, N 1 to 10).
     """
 
-    lr: list[float] = field(default_factory=lambda: [1e-4, 3e-3])
+    lr: list[float] = field(default_factory=lambda: [1e-4, 1e-3])
     alpha: list[float] = field(default_factory=lambda: [0.2, 5.0])
     top_k: list[int] = field(default_factory=lambda: [1, 10, 50, 1000])
     first_n: list[int] = field(default_factory=lambda: [1, 2, 3, 5, -1])
