@@ -100,3 +100,12 @@ def test_paraphrased_questions_replace_the_forget_questions(tmp_path):
         eval_sets(load_config(EvalConfig, None, ["questions=paraphrased", f"forget.path={data}"]), cfg.synthetic)
     with pytest.raises(PaluError, match="questions must be"):
         load_config(EvalConfig, None, ["questions=both"])
+
+
+def test_the_example_config_loads():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "tofu_forget05.yaml"
+    cfg = load_config(UnlearnConfig, str(path), [])
+    assert method_config(cfg.method) == ("palu", PaluConfig(top_k=50, first_n=3))
+    assert cfg.train.grad_accum == 4 and cfg.train.gradient_checkpointing
