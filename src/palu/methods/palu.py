@@ -13,12 +13,13 @@ import torch
 
 from palu.data.labels import ORDINARY, select_prefix
 from palu.errors import PaluError
-from palu.methods.common import Head, answer_positions, final_hidden, mean_or_zero, retain_loss
+from palu.methods.common import (Head, WeightedOptions, answer_positions, final_hidden, mean_or_zero,
+                                 retain_loss)
 from palu.methods.head import head_loss_sum, ref_argmax
 
 
 @dataclass
-class PaluConfig:
+class PaluConfig(WeightedOptions):
     """PALU's options; defaults follow the official configuration (paper: K = 50, N = 3..5 worked best).
 
     Attributes:
@@ -33,6 +34,8 @@ class PaluConfig:
         gamma: weight of the forget term.
         alpha: weight of the retain term and of the ordinary-token constraint (official: one alpha).
         retain_loss: "nll" (official) or "kl" (KL(P_ref||P_theta) on the retain answer).
+
+    gamma, alpha and retain_loss (with their defaults) come from :class:`WeightedOptions`.
     """
 
     top_k: int = 1
@@ -40,22 +43,15 @@ class PaluConfig:
     split_spans: bool = False
     target: str = "mean"
     constraint: str = "kl"
-    gamma: float = 1.0
-    alpha: float = 1.0
-    retain_loss: str = "nll"
 
     def __post_init__(self) -> None:
-        choices = {"target": ("mean", "local_mean"), "constraint": ("kl", "reverse_kl", "nll"),
-                   "retain_loss": ("nll", "kl")}
+        super().__post_init__()
+        choices = {"target": ("mean", "local_mean"), "constraint": ("kl", "reverse_kl", "nll")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise PaluError(f"method.{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}.")
         if self.top_k == 0 or self.first_n == 0:
             raise PaluError("method.top_k and method.first_n must be positive, or -1 for all.")
-
-    @property
-    def needs_retain_reference(self) -> bool:
-        return self.retain_loss == "kl"
 
 
 def local_entropy(h: torch.Tensor, ref_h: torch.Tensor, head: Head, ref_head: Head, top_k: int,
