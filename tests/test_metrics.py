@@ -36,7 +36,7 @@ from palu.eval.metrics import (
     privleak,
     register,
     result,
-    rouge_l_recall,
+    rouge_l,
     truth_ratio,
 )
 from palu.eval.scoring import answer_nll, generate, multi_answer_nll, score_answers
@@ -118,11 +118,11 @@ def test_forget_quality_discrete_values_for_200_items(k, pvalue):
 
 def test_rouge_l_recall_on_hand_made_strings():
     ref = "alpha beta gamma delta"
-    scores = rouge_l_recall(["well alpha beta gamma delta indeed", "alpha beta", "nothing here", "running dogs"],
-                            [ref, ref, ref, "run dog"])
+    scores = rouge_l(["well alpha beta gamma delta indeed", "alpha beta", "nothing here", "running dogs"],
+                     [ref, ref, ref, "run dog"])
     assert scores == pytest.approx([1.0, 0.5, 0.0, 1.0])
     with pytest.raises(PaluError):
-        rouge_l_recall(["a"], [])
+        rouge_l(["a"], [])
 
 
 # --- model scoring -----------------------------------------------------------------------------

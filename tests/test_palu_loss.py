@@ -4,7 +4,6 @@ structure (a second full model, full logits and log-softmaxes everywhere, a loop
 from __future__ import annotations
 
 import copy
-import itertools
 
 import pytest
 import torch

@@ -7,7 +7,7 @@ Every stage is a run folder of its own, so an interrupted demo resumes where it 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from palu.adapters import AdapterConfig
 from palu.commands import (

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from palu.commands import UnlearnConfig, run_unlearn
 from palu.errors import PaluError

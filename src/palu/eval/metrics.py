@@ -333,11 +333,6 @@ def rouge_l(generations: Sequence[str], references: Sequence[str], measure: str 
     return [getattr(scorer.score(ref, gen)["rougeL"], field) for gen, ref in zip(generations, references)]
 
 
-def rouge_l_recall(generations: Sequence[str], references: Sequence[str]) -> list[float]:
-    """ROUGE-L recall of each generation against its reference (how much of the reference it reproduces)."""
-    return rouge_l(generations, references, "recall")
-
-
 def rouge_result(name: str, generations: Sequence[str], references: Sequence[str], measure: str = "recall") -> dict:
     """A ROUGE-L result; per item the score (``rougeL_<measure>``) with the generation and its reference."""
     scores = rouge_l(generations, references, measure)
