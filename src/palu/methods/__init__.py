@@ -28,13 +28,15 @@ class Method:
 
     ``prepare(config, model, forget_items, seed) -> Setup`` (optional) declares what the method
     needs built once before training beyond the forget/retain batches (see
-    :class:`palu.methods.common.Setup`); ``palu.train.unlearn`` builds it.
+    :class:`palu.methods.common.Setup`); ``palu.train.unlearn`` builds it. ``uses_spans``: the loss
+    reads the sensitive spans, so forget items without any are worth a warning.
     """
 
     name: str
     config: type
     loss: Callable
     prepare: Callable | None = None
+    uses_spans: bool = False
 
 
 METHODS: dict[str, Method] = {}
@@ -53,7 +55,7 @@ def get_method(name: str) -> Method:
         raise PaluError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}.") from None
 
 
-register(Method("palu", PaluConfig, palu_loss))
+register(Method("palu", PaluConfig, palu_loss, uses_spans=True))
 register(Method("ga", GAConfig, ga_loss))
 register(Method("graddiff", GradDiffConfig, graddiff_loss))
 register(Method("npo", NPOConfig, npo_loss))
@@ -62,4 +64,4 @@ register(Method("idkdpo", IdkDPOConfig, idkdpo_loss, idkdpo_prepare))
 register(Method("rmu", RMUConfig, rmu_loss, rmu_prepare))
 register(Method("wga", WGAConfig, wga_loss))
 register(Method("pdu", PDUConfig, pdu_loss, pdu_prepare))
-register(Method("tpo", TPOConfig, tpo_loss))
+register(Method("tpo", TPOConfig, tpo_loss, uses_spans=True))

@@ -68,9 +68,9 @@ def unlearn(model, tokenizer, forget: list[QAItem], retain: list[QAItem], method
         raise PaluError("unlearning needs a non-empty forget set and a non-empty retain set.")
     spec = get_method(method)
     unmarked = [item.source for item in forget if not item.spans]
-    if unmarked:
-        log.warning("%d of %d forget items have no sensitive span (first: %s); they only get the ordinary-token "
-                    "constraint.", len(unmarked), len(forget), unmarked[0])
+    if unmarked and spec.uses_spans:
+        log.warning("%d of %d forget items have no sensitive span (first: %s); %s gets no forget term on them.",
+                    len(unmarked), len(forget), unmarked[0], spec.name)
     setup = spec.prepare(method_cfg, model, forget, train_cfg.seed) if spec.prepare else Setup()
     pad = tokenizer.pad_token_id
 
