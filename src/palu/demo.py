@@ -17,6 +17,7 @@ from palu.commands import (
 from palu.data.prompts import PromptConfig
 from palu.data.sources import SyntheticConfig, synthetic
 from palu.data.synthetic import synthetic_splits
+from palu.eval.core import format_value
 from palu.io import prepare_output_dir, read_json, write_json
 from palu.methods import METHODS
 from palu.models import train_bpe_tokenizer
@@ -124,8 +125,3 @@ def render_table(table: dict) -> str:
     line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
-
-def format_value(value) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.3e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"

@@ -25,9 +25,8 @@ import torch
 
 from palu.commands import EvalConfig, eval_sets, load_configured
 from palu.data.qa import QAItem
-from palu.demo import format_value
 from palu.errors import PaluError
-from palu.eval.core import summary
+from palu.eval.core import format_value, summary
 from palu.eval.metrics import mia_auc
 from palu.eval.tofu import evaluate_tofu, item_values
 from palu.io import prepare_output_dir, read_json, write_json
