@@ -14,8 +14,14 @@ from palu.errors import PaluError
 from palu.io import prepare_output_dir
 from palu.methods.palu import PaluConfig
 from palu.models import tiny_llama, train_bpe_tokenizer
-from palu.train.finetune import finetune
-from palu.train.loop import TrainConfig
+from palu.commands import FinetuneConfig, ScratchConfig, run_finetune
+from palu.data.loaders import DataSource
+from palu.eval.metrics import answer_prob, rouge_l
+from palu.eval.scoring import answer_nll, generate
+from palu.io import read_json, write_json
+from palu.models import load_model, load_tokenizer
+from palu.train.finetune import EarlyStop, finetune
+from palu.train.loop import STOP, TrainConfig
 from palu.train.unlearn import unlearn
 
 
@@ -72,6 +78,46 @@ def test_epoch_hook_metrics_enter_the_history(data, tmp_path):
     history = finetune(small_model(tok), tok, splits.retain[:8], cfg(epochs=2), PromptConfig(), tmp_path,
                        on_epoch_end=lambda epoch, model: {"probe": float(epoch) * 10}, progress=False)
     assert [h["probe"] for h in history] == [10.0, 20.0]
+
+
+def test_a_hook_can_stop_training_and_a_resumed_run_stays_stopped(data, tmp_path):
+    splits, tok = data
+    items = splits.retain[:8]
+    stop_at_two = lambda epoch, model: {STOP: epoch == 2}
+    model = small_model(tok)
+    history = finetune(model, tok, items, cfg(epochs=5), PromptConfig(), tmp_path, on_epoch_end=stop_at_two,
+                       progress=False)
+    assert [h["epoch"] for h in history] == [1, 2] and history[-1][STOP]
+    before = weights(model)
+    again = small_model(tok, seed=1)
+    history = finetune(again, tok, items, cfg(epochs=5), PromptConfig(), tmp_path, resume=True,
+                       on_epoch_end=stop_at_two, progress=False)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert torch.equal(weights(again), before)  # the checkpoint of the stopping epoch, not more training
+
+
+def test_finetune_stops_once_it_knows_the_given_set(tmp_path):
+    """The criterion: mean answer Prob and ROUGE-L recall on the set, recomputed here the slow way."""
+    synth = SyntheticConfig(n_authors=3, forget_authors=1, holdout_authors=1)
+    items = synthetic_splits(3, 1, 1, 0).forget[:6]
+    known = tmp_path / "known.json"
+    write_json(known, [{"question": it.question, "answer": it.answer} for it in items])
+    base = dict(data=[synthetic("full")], synthetic=synth,
+                scratch=ScratchConfig(hidden=32, layers=1, heads=2, vocab_size=500),
+                train=TrainConfig(epochs=40, lr=1e-2, batch_size=8, max_length=128, bf16="false"))
+    out = run_finetune(FinetuneConfig(**base, output_dir=str(tmp_path / "a"),
+                                      early_stop=EarlyStop(DataSource(str(known)), prob=0.5, rouge=0.5, from_epoch=3,
+                                                           max_new_tokens=48)), progress=False)
+    history = read_json(tmp_path / "a" / "history.json")
+    assert "known_prob" not in history[0] and "known_prob" in history[2]
+    assert 3 <= len(history) < 40 and history[-1][STOP]
+    assert not any(h[STOP] for h in history[2:-1])
+    model, tok = load_model(str(out)), load_tokenizer(str(out))
+    nll, _ = answer_nll(model, tok, items, PromptConfig(), max_length=128)
+    rouge = rouge_l(generate(model, tok, items, PromptConfig(), max_new_tokens=48), [it.answer for it in items])
+    assert history[-1]["known_prob"] == pytest.approx(float(answer_prob(nll).mean()), rel=1e-5)
+    assert history[-1]["known_rouge"] == pytest.approx(sum(rouge) / len(rouge), rel=1e-6)
+    assert history[-1]["known_prob"] >= 0.5 and history[-1]["known_rouge"] >= 0.5
 
 
 def test_palu_unlearning_moves_the_model_and_logs_every_term(data, tmp_path):

@@ -19,7 +19,7 @@ from palu.io import prepare_output_dir, read_json, write_json
 from palu.methods import get_method
 from palu.models import load_model, load_tokenizer, require_model, tiny_llama, train_bpe_tokenizer
 from palu.runs import MODEL_DIR, finish, is_finished, save_config
-from palu.train.finetune import finetune
+from palu.train.finetune import EarlyStop, StopWhenKnown, finetune
 from palu.train.loop import TrainConfig
 from palu.train.selection import EpochEvaluator, SelectionRule
 from palu.train.unlearn import unlearn
@@ -54,6 +54,7 @@ class FinetuneConfig:
             trained on the data.
         data: one or more sources, concatenated (e.g. TOFU full + real_authors + world_facts).
         train: defaults suit a model from scratch; use lr around 1e-5 for a pretrained model.
+        early_stop: stop once the model knows a set (e.g. the forget set), before ``train.epochs``.
     """
 
     model: str = SCRATCH
@@ -64,6 +65,7 @@ class FinetuneConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     train: TrainConfig = field(default_factory=scratch_train)
+    early_stop: EarlyStop | None = None
 
 
 @dataclass
@@ -170,7 +172,11 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False, resume: bool = Fa
     else:
         model, tok = load_configured(cfg)
     save_config(out, cfg)
-    history = finetune(model, tok, items, cfg.train, cfg.prompt, out, resume, progress=progress)
+    stop = None
+    if cfg.early_stop is not None:
+        stop = StopWhenKnown(cfg.early_stop, load_items(cfg.early_stop.data, cfg.synthetic), tok, cfg.prompt,
+                             cfg.train.max_length)
+    history = finetune(model, tok, items, cfg.train, cfg.prompt, out, resume, on_epoch_end=stop, progress=progress)
     return finish(out, model, tok, history)
 
 

@@ -22,6 +22,7 @@ from palu.errors import PaluError
 from palu.io import read_json, write_json
 
 CHECKPOINT = "checkpoint"
+STOP = "stopped_early"  # an epoch hook returning {STOP: True} ends training after that epoch
 
 
 @dataclass
@@ -121,8 +122,9 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
           stateful: tuple = ()) -> list[dict]:
     """Optimise ``step(model, batch) -> {"loss": ..., other logged terms}`` over ``data``.
 
-    After every epoch: ``on_epoch_end(epoch, model)`` may return metrics to log, then a checkpoint
-    (model, optimizer, scheduler, RNG, history) replaces the previous one in ``out_dir/checkpoint``.
+    After every epoch: ``on_epoch_end(epoch, model)`` may return metrics to log (with ``STOP: True``
+    to end training early), then a checkpoint (model, optimizer, scheduler, RNG, history) replaces
+    the previous one in ``out_dir/checkpoint``.
     Returns the per-epoch history (mean of each logged term, plus the hook's metrics).
     ``stateful`` objects (with ``state_dict``/``load_state_dict``) are checkpointed with the model.
     """
@@ -152,7 +154,8 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
         history = read_json(ckpt / "state.json")["history"]
         accelerator.print(f"resuming after epoch {len(history)} from {ckpt}")
     model.train()
-    for epoch in range(len(history), cfg.epochs):
+    first = cfg.epochs if history and history[-1].get(STOP) else len(history)
+    for epoch in range(first, cfg.epochs):
         data.use_epoch(epoch)
         sums: dict[str, float] = defaultdict(float)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and accelerator.is_main_process),
@@ -177,6 +180,8 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
             model.train()
         history.append(record)
         _save_checkpoint(accelerator, ckpt, history)
+        if record.get(STOP):
+            break
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(model)
     model.eval()
