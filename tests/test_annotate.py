@@ -6,14 +6,15 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
 import torch
 
 from palu.annotate import annotate, get_annotator
 from palu.annotate.command import AnnotateConfig, run_annotate, show_spans
-from palu.annotate.contrast import mask_subject, word_scores
+from palu.annotate.contrast import TokenScores, mask_subject, phrases, word_scores
 from palu.annotate.quality import span_f1
-from palu.annotate.text import on_boundaries
+from palu.annotate.text import on_boundaries, word_spans
 from palu.data.labels import collate, encode
 from palu.data.loaders import DataSource, load_qa
 from palu.data.prompts import PromptConfig
@@ -186,7 +187,7 @@ def fact_and_context_scores(items, scores):
 
 def test_contrast_scores_memorised_facts_above_context_words(memorised):
     model, tok, items = memorised
-    scorer = get_annotator("contrast", model=model, tokenizer=tok, threshold=1.0)
+    scorer = get_annotator("contrast", model=model, tokenizer=tok, threshold=1.0, with_rules=False)
     facts, context = fact_and_context_scores(items, scorer.token_scores(items))
     assert max(context) < 0.5 and sum(facts) / len(facts) > 2.0
     out, _ = scorer.annotate(items)
@@ -203,6 +204,33 @@ def test_contrast_needs_the_window_because_the_answer_names_its_subject(memorise
     assert sum(fact_and_context_scores(items, whole)[0]) < sum(fact_and_context_scores(items, windowed)[0]) / 2
     for w, h in zip(windowed, whole):
         torch.testing.assert_close(torch.tensor(w.logp), torch.tensor(h.logp))  # batch size does not change scores
+
+
+def test_a_marked_word_carries_the_content_words_after_it():
+    answer = "Her father was a civil engineer, and she writes Historical Fiction novels about the sea."
+    words = word_spans(answer)
+    pick = lambda *names: [w for w in words if w.text(answer) in names]
+    grown = lambda *names: sorted(w.text(answer) for w in phrases(answer, words, pick(*names)))
+    assert grown("civil") == ["civil", "engineer"]  # the comma ends the phrase
+    assert grown("Historical") == ["Fiction", "Historical", "novels"]  # "about" (a function word) ends it
+    assert grown("father") == ["father"]  # "was" is a function word
+    assert grown() == []
+
+
+def test_contrast_spans_combine_scores_phrases_and_rules(memorised):
+    """Spans from made-up scores: one scored word grows into its phrase, rules add the title and the
+    year, question words and function words are never marked."""
+    model, tok, _ = memorised
+    item = QAItem("What did Hina Ameen write?", 'Hina Ameen is a civil engineer who wrote "Granite Dawn" in 1990.')
+    words = word_spans(item.answer)
+    score = np.array([5.0 if w.text(item.answer) in ("Hina", "is", "civil") else 0.0 for w in words])
+    scores = TokenScores([(w.start, w.end) for w in words], score, score, np.zeros_like(score))
+    spans = lambda **kw: [sp.text(item.answer) for sp in
+                          get_annotator("contrast", model=model, tokenizer=tok, **kw).spans(item, scores)]
+    assert spans() == ["civil engineer", "Granite Dawn", "1990"]
+    assert spans(with_rules=False) == ["civil engineer"]
+    assert spans(with_rules=False, complete_phrases=False) == ["civil"]
+    assert spans(with_rules=False, skip_question_words=False) == ["Hina Ameen", "civil engineer"]
 
 
 def test_the_reference_question_hides_the_subject():

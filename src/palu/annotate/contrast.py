@@ -22,16 +22,20 @@ knowledge:
   onset is also what PALU unlearns (the first tokens of a span).
 
 Words and spans. A word scores the maximum of its tokens (the onset carries the signal; the rest
-of a word is predictable from it). Words scoring at least ``threshold`` nats are marked; marked
-words separated only by spaces form one span; function words are trimmed from span edges, and
-spans whose words all occur in the question are dropped (the author's name unless asked for).
+of a word is predictable from it). Words scoring at least ``threshold`` nats are marked. For the
+same reason a marked word carries the content words that follow it up to the next function word
+or punctuation (``complete_phrases``): once "civil" or "Historical" is out, "engineer" and
+"Fiction" follow from local context and score near 0, yet they are part of the fact. Names,
+numbers, dates and quoted titles (the rules annotator's spans) are added (``with_rules``):
+they are sensitive whatever the model makes of them, and a tiny model often predicts their tails
+from context alone. Marked words separated only by spaces form one span; function words are
+trimmed from span edges, and spans whose words all occur in the question are dropped (the
+author's name unless asked for).
 Scoring is batched: answers with their prompts in one pass, windows in a second pass of short
 left-padded sequences, only the needed positions reaching the vocabulary projection.
 
-Defaults (window 3, threshold 1 nat) gave the best span F1 in ``benchmarks/annotators.py`` with
-tiny models: 0.62 on the synthetic ground truth and 0.50 on TOFU forget10's GPT-4o spans, where
-the whole-prefix reference reached 0.25 and 0.09 and a neutral question instead of the masked one
-0.56 and 0.49. The retain model as ``base_model`` scored 0.67 and 0.49.
+Defaults (window 5, threshold 1 nat, phrase completion and rules on) gave the best span F1 in
+``benchmarks/annotators.py`` with tiny models; see ``benchmarks/results/annotators.md``.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import torch
 
 from palu.annotate.base import Annotator, AnnotationReport, register
 from palu.annotate.rules import RulesAnnotator
-from palu.annotate.text import in_question, merge, trim, word_spans
+from palu.annotate.text import STOPWORDS, content_words, in_question, merge, trim, word_spans
 from palu.config import build
 from palu.data.prompts import PromptConfig, answer_ids_and_offsets, prompt_ids
 from palu.data.qa import QAItem, Span
@@ -53,6 +57,7 @@ from palu.models import load_model, load_tokenizer
 
 Request = tuple[list[int], int]  # token ids, and how many of the last ids to score
 _SUBJECT = RulesAnnotator(spacy_model=None, skip_question_words=False)
+_RULES = RulesAnnotator(spacy_model=None)
 
 
 @dataclass
@@ -80,6 +85,8 @@ class ContrastAnnotator(Annotator):
             numbers and titles of each item's own question.
         threshold: the word score (nats) from which a word is sensitive.
         skip_question_words: drop spans whose words all occur in the question.
+        complete_phrases: extend each marked word over the content words right after it.
+        with_rules: add the rules annotator's spans (names, numbers, dates, quoted titles).
         batch_tokens: input tokens per forward pass.
         max_length: prompt plus answer tokens scored at most; the rest of a long answer is not marked.
         prompt: how a question becomes a prompt (as in training).
@@ -88,10 +95,12 @@ class ContrastAnnotator(Annotator):
     model: Any = None
     tokenizer: Any = None
     base_model: Any = None
-    window: int | None = 3
+    window: int | None = 5
     reference_question: str | None = None
     threshold: float = 1.0
     skip_question_words: bool = True
+    complete_phrases: bool = True
+    with_rules: bool = True
     batch_tokens: int = 4096
     max_length: int = 512
     prompt: Any = field(default_factory=PromptConfig)
@@ -124,7 +133,14 @@ class ContrastAnnotator(Annotator):
     def spans(self, item: QAItem, scores: TokenScores) -> list[Span]:
         """Word-level spans of one item from its token scores."""
         answer = item.answer
-        marked = [word for word, score in word_scores(answer, scores) if score >= self.threshold]
+        words = word_scores(answer, scores)
+        asked = content_words(item.question) if self.skip_question_words else set()
+        marked = [word for word, score in words if score >= self.threshold
+                  and word.text(answer).lower() not in STOPWORDS and not content_words(word.text(answer)) <= asked]
+        if self.complete_phrases:
+            marked = phrases(answer, [word for word, _ in words], marked)
+        if self.with_rules:
+            marked += _RULES.spans(answer, item.question if self.skip_question_words else "")
         out = []
         for span in merge(marked, answer, bridge=" "):
             span = trim(answer, span)
@@ -167,6 +183,21 @@ def word_scores(answer: str, scores: TokenScores) -> list[tuple[Span, float]]:
     for word in word_spans(answer):
         hits = [s for (start, end), s in zip(ranges, scores.score) if start < word.end and end > word.start]
         out.append((word, float(max(hits, default=-np.inf))))
+    return out
+
+
+def phrases(answer: str, words: list[Span], marked: list[Span]) -> list[Span]:
+    """``marked`` plus, after each marked word, the following content words up to a function word or
+    any character other than a space."""
+    chosen = {(w.start, w.end) for w in marked}
+    out = list(marked)
+    for i, word in enumerate(words):
+        if (word.start, word.end) not in chosen:
+            continue
+        for prev, nxt in zip(words[i:], words[i + 1 :]):
+            if answer[prev.end : nxt.start] != " " or nxt.text(answer).lower() in STOPWORDS:
+                break
+            out.append(nxt)
     return out
 
 
