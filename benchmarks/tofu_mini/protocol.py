@@ -1,0 +1,125 @@
+"""TOFU-mini: the data, the two cached models and the evaluation sets every stage shares.
+
+Built only from TOFU's files (``--data``, default ../shared/data/tofu) and palu's own commands:
+
+- ``data/``: full.json and retain95.json without 10 held-out authors (items 3400-3599 of full.json,
+  outside forget10 and retain_perturbed), and those authors as holdout.json. TOFU's own holdout
+  sets are not among its files here; holding out authors gives the membership-inference metrics
+  (privleak) a set no model has seen.
+- ``tokenizer/``: a byte-level BPE (8k) trained on the training texts.
+- ``full/``: a Llama-architecture model (hidden 256, 4 layers) trained from scratch on full (less
+  the holdout) plus real_authors and world_facts, so the utility sets measure retained
+  knowledge. Training stops once forget05 answer probability and ROUGE-L recall both reach 0.9.
+- ``retain/``: the same recipe on retain95 (less the holdout) plus the two sets; it stops once it
+  knows its own retain_perturbed items to the same level.
+- ``reference.json``: the retain model's results on the evaluation sets (forget quality, privleak).
+
+Both models and the reference are cached: a finished run is reused, an interrupted one resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from palu.commands import EvalConfig, FinetuneConfig, qa_texts, run_eval, run_finetune, scratch_train
+from palu.data.loaders import DataSource, json_rows, load_qa
+from palu.io import read_json, write_json
+from palu.models import train_bpe_tokenizer
+from palu.runs import MODEL_DIR, is_finished
+from palu.train.finetune import EarlyStop
+
+log = logging.getLogger("tofu_mini")
+HOLDOUT = range(3400, 3600)  # authors 171-180 of full.json
+MAX_EPOCHS = 15
+VOCAB = 8000
+EVAL_OPTIONS = dict(batch_size=32, max_new_tokens=128, max_length=256)
+
+
+class Protocol:
+    """Paths and cached artefacts of one TOFU-mini working folder."""
+
+    def __init__(self, tofu: Path, workdir: Path, forget: str = "forget05"):
+        self.tofu, self.workdir, self.forget = Path(tofu), Path(workdir), forget
+        missing = [name for name in ("full", "retain95", forget, f"{forget}_perturbed", "retain_perturbed",
+                                     "real_authors", "world_facts") if not (self.tofu / f"{name}.json").is_file()]
+        if missing:
+            raise SystemExit(f"TOFU files missing in {self.tofu}: {', '.join(missing)}.json")
+
+    def source(self, name: str, limit: int | None = None) -> DataSource:
+        return DataSource(str(self.tofu / f"{name}.json"), limit=limit)
+
+    def prepared(self, name: str) -> DataSource:
+        return DataSource(str(self.workdir / "data" / f"{name}.json"))
+
+    def prepare_data(self) -> None:
+        """full and retain95 without the held-out authors, and those authors as the holdout set."""
+        folder = self.workdir / "data"
+        if (folder / "holdout.json").is_file():
+            return
+        full = _rows(self.tofu / "full.json")
+        holdout = [full[i] for i in HOLDOUT]
+        drop = {row["question"] for row in holdout}
+        write_json(folder / "full.json", [r for r in full if r["question"] not in drop])
+        write_json(folder / "retain.json", [r for r in _rows(self.tofu / "retain95.json") if r["question"] not in drop])
+        write_json(folder / "holdout.json", holdout)
+
+    def general(self) -> list[DataSource]:
+        return [self.source("real_authors"), self.source("world_facts")]
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.workdir / "tokenizer"
+
+    def train_tokenizer(self) -> None:
+        if (self.tokenizer / "tokenizer.json").is_file():
+            return
+        items = [it for source in (self.prepared("full"), *self.general()) for it in load_qa(source)]
+        train_bpe_tokenizer(qa_texts(items), VOCAB).save_pretrained(str(self.tokenizer))
+
+    def model(self, name: str) -> Path:
+        return self.workdir / name / MODEL_DIR
+
+    def train(self, name: str, data: DataSource, knows: DataSource, threads_note: str = "") -> Path:
+        cfg = FinetuneConfig(model="scratch", tokenizer=str(self.tokenizer), data=[data, *self.general()],
+                             output_dir=str(self.workdir / name), train=scratch_train(),
+                             early_stop=EarlyStop(knows, prob=0.9, rouge=0.9, from_epoch=8))
+        cfg.train.epochs = MAX_EPOCHS
+        if is_finished(self.workdir / name):
+            return self.model(name)
+        start = time.time()
+        path = run_finetune(cfg, resume=True, progress=False)
+        last = read_json(self.workdir / name / "history.json")[-1]
+        log.info("model %s: %d epochs, known Prob %.3f ROUGE %.3f, %.0f s", name, last["epoch"],
+                 last.get("known_prob", float("nan")), last.get("known_rouge", float("nan")), time.time() - start)
+        return path
+
+    def eval_config(self, model: Path | str, output_dir: Path | str, reference: bool = True) -> EvalConfig:
+        """The evaluation of every stage: forget (perturbed), retain_perturbed, the two general sets, holdout."""
+        return EvalConfig(
+            model=str(model), output_dir=str(output_dir),
+            forget=self.source(f"{self.forget}_perturbed"), retain=self.source("retain_perturbed"),
+            real_authors=self.source("real_authors_perturbed"), world_facts=self.source("world_facts_perturbed"),
+            holdout=self.prepared("holdout"), retain_reference=str(self.reference) if reference else None,
+            fluency_model=str(self.model("retain")), **EVAL_OPTIONS)
+
+    @property
+    def reference(self) -> Path:
+        return self.workdir / f"reference-{self.forget}.json"
+
+    def build(self) -> None:
+        """Data, tokenizer, both models and the retain model's reference results (all cached)."""
+        self.prepare_data()
+        self.train_tokenizer()
+        self.train("full", self.prepared("full"), self.source(self.forget))
+        self.train("retain", self.prepared("retain"), self.source("retain_perturbed", limit=200))
+        if not self.reference.is_file():
+            results = run_eval(self.eval_config(self.model("retain"), self.workdir / f"eval-retain-{self.forget}",
+                                                reference=False), overwrite=True, progress=False)
+            write_json(self.reference, results)
+
+
+
+def _rows(path: Path) -> list[dict]:
+    return [row for _, row in json_rows(path)]

@@ -1,0 +1,104 @@
+"""TOFU-mini in one command: build (or reuse) the models, then run the requested stages.
+
+    python benchmarks/tofu_mini/run.py                            # models, compare, grid
+    python benchmarks/tofu_mini/run.py --stages models            # only the cached models
+    python benchmarks/tofu_mini/run.py --stages compare --budget 3
+
+Everything is cached under --workdir: a rerun reuses finished runs and resumes unfinished ones.
+The results go to --results (Markdown, with the JSON beside it) and an HTML report.
+See benchmarks/tofu_mini/README.md for the protocol and its deviations from TOFU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import LRS, Comparison  # noqa: E402
+from grid import KS, NS, label, run_grid  # noqa: E402
+from protocol import Protocol  # noqa: E402
+from search import run_search  # noqa: E402
+from tables import comparison_table, grid_table, search_summary  # noqa: E402
+
+from palu.io import write_json, write_text  # noqa: E402
+from palu.report import run_report  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = ("models", "compare", "grid", "sweep")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "tofu", help="TOFU's JSON files")
+    p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "tofu-mini", help="models and runs (cached)")
+    p.add_argument("--forget", default="forget05", choices=("forget01", "forget05", "forget10"))
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {', '.join(STAGES)}")
+    p.add_argument("--budget", type=int, default=3, help="learning rates tried per method (at most 12)")
+    p.add_argument("--epochs", type=int, default=5, help="unlearning epochs per run")
+    p.add_argument("--trials", type=int, default=30, help="runs of the sweep stage")
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "tofu_mini.md")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown or not 1 <= args.budget <= 12:
+        p.error(f"unknown stage {unknown[0]!r}" if unknown else "--budget must be between 1 and 12")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    protocol = Protocol(args.data, args.workdir, args.forget)
+    protocol.build()
+    cmp = Comparison(protocol, args.budget, args.epochs)
+    sections = [header(args, protocol)]
+    if {"compare", "grid", "sweep"} & set(stages):
+        table = cmp.run_all()
+        sections += ["## Comparison", comparison_table(table), report(cmp)]
+        if "grid" in stages or "sweep" in stages:
+            palu = table["palu (GPT-4o spans)"].get("selected") or {"lr": 1e-3}
+            grid = run_grid(cmp, palu["lr"])
+            write_json(cmp.out / "grid.json", grid)
+            ks, ns = [label(k) for k in KS], [label(n) for n in NS]
+            targets = "\n".join(f"- target {name}: forget quality {row.get('forget_quality')}, model utility "
+                                f"{row.get('model_utility')} (epoch {row.get('epoch')})"
+                                for name, row in grid["targets"].items())
+            sections += [f"## K x N (PALU, GPT-4o spans, lr {grid['lr']:g})", "Forget quality:",
+                         grid_table(grid["cells"], ks, ns, "forget_quality"), "Model utility:",
+                         grid_table(grid["cells"], ks, ns, "model_utility"), "Target variants (K = 50, N = 3):",
+                         targets]
+        if "sweep" in stages:
+            palu_runs = [(cmp.out / "runs" / "palu-gpt4o" / f"lr-{lr:g}", lr) for lr in LRS[: args.budget]]
+            grid_runs = [(Path(cell["folder"]), grid["lr"]) for cell in grid["cells"]]
+            found = run_search(cmp, palu_runs + grid_runs, args.trials)
+            write_json(cmp.out / "sweep.json", found)
+            sections += [f"## palu sweep ({args.trials} runs) against the grid ({found['grid_runs']} runs)",
+                         search_summary(found)]
+    sections.append(f"Wall time of this invocation: {(time.time() - start) / 60:.0f} min.")
+    write_text(args.results, "\n\n".join(sections) + "\n")
+    print(f"results in {args.results}")
+
+
+def header(args, protocol: Protocol) -> str:
+    return (f"# TOFU-mini ({args.forget})\n\nCommand: `python benchmarks/tofu_mini/run.py --stages {args.stages} "
+            f"--budget {args.budget} --epochs {args.epochs}`\n\nMachine: {platform.machine()}, "
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}. Date: {date.today()}. "
+            f"Models and runs: {protocol.workdir}.")
+
+
+def report(cmp: Comparison) -> str:
+    """The HTML report of the comparison's evaluations (palu report on the comparison folder)."""
+    html = cmp.out / "report.html"
+    run_report([cmp.out], html)
+    return f"HTML report: `{html}` (`palu report {cmp.out} --out {html}`)."
+
+
+if __name__ == "__main__":
+    main()

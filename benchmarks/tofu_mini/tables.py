@@ -1,0 +1,65 @@
+"""The Markdown tables of benchmarks/results/tofu_mini.md, from the stages' JSON files."""
+
+from __future__ import annotations
+
+from palu.eval.core import format_value
+
+COLUMNS = (("forget_quality", "forget quality"), ("model_utility", "model utility"),
+           ("forget_Q_A_Prob", "forget Prob"), ("forget_Q_A_ROUGE", "forget ROUGE"),
+           ("exact_memorization", "forget EM"), ("fluency_token_prob", "fluency"), ("privleak", "privleak"))
+
+
+def cell(value) -> str:
+    if isinstance(value, (int, str)):
+        return str(value)
+    return "n/a" if value is None else format_value(value)
+
+
+def comparison_table(table: dict) -> str:
+    """One row per model: the final evaluation, the utility ratio to the full model, and the attacks."""
+    full_mu = (table.get("full", {}).get("eval") or {}).get("model_utility")
+    head = ["model", "selected (lr, epoch)", *(label for _, label in COLUMNS), "MU / full",
+            "relearned: forget Prob (FQ)", "4-bit: forget Prob (FQ)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in table.items():
+        ev = row.get("eval") or {}
+        chosen = row.get("selected")
+        picked = f"{chosen['lr']:g}, {chosen['epoch']}" if chosen else ("" if name in ("full", "retain") else
+                                                                          "none kept the utility floor")
+        ratio = ev.get("model_utility") / full_mu if ev.get("model_utility") and full_mu else None
+        attack = row.get("attack") or {}
+        attacked = [_attacked(attack.get(key)) for key in ("relearn", "quantize_4bit")]
+        cells = [name, picked, *(cell(ev.get(key)) for key, _ in COLUMNS), cell(ratio), *attacked]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _attacked(summary: dict | None) -> str:
+    if not summary:
+        return ""
+    return f"{cell(summary.get('forget_Q_A_Prob'))} ({cell(summary.get('forget_quality'))})"
+
+
+def grid_table(rows: list[dict], ks: list[str], ns: list[str], key: str) -> str:
+    """K (rows) by N (columns) of one metric of each cell's selected epoch."""
+    by = {(r["K"], r["N"]): r for r in rows}
+    lines = ["| K \\ N | " + " | ".join(ns) + " |", "|" + "---|" * (len(ns) + 1)]
+    for k in ks:
+        lines.append(f"| {k} | " + " | ".join(cell((by.get((k, n)) or {}).get(key)) for n in ns) + " |")
+    return "\n".join(lines)
+
+
+def search_summary(found: dict) -> str:
+    """Both Pareto fronts, and how the sweep's covers the grid's."""
+    def rows(front: list[dict]) -> list[str]:
+        keys = [k for k in ("lr", "alpha", "top_k", "first_n", "run", "epoch") if any(k in p for p in front)]
+        out = ["| forget quality | model utility | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
+        out += [f"| {cell(p['forget_quality'])} | {cell(p['utility'])} | "
+                + " | ".join(cell(p.get(k)) for k in keys) + " |"
+                for p in front]
+        return out
+    hv = found["hypervolume"]
+    return "\n".join([
+        f"Grid front points matched or beaten by a sweep point: {found['grid_points_matched']} of "
+        f"{len(found['grid_front'])}. Hypervolume above the utility floor: sweep {hv['sweep']:.4g}, grid {hv['grid']:.4g}.",
+        "", "Sweep front:", "", *rows(found["sweep_front"]), "", "Grid front:", "", *rows(found["grid_front"])])
