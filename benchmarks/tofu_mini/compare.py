@@ -33,7 +33,7 @@ from palu.train.selection import BEST_DIR, EpochEvaluator, SelectionRule, best_e
 from protocol import EVAL_OPTIONS, Protocol
 
 log = logging.getLogger("tofu_mini")
-LRS = (3e-4, 1e-4, 1e-3, 5e-5, 2e-3, 5e-4, 2e-4, 3e-3, 7e-4, 1.5e-3, 1e-5, 5e-3)  # in the order they are tried
+LRS = (3e-4, 1e-4, 3e-5, 1e-3, 5e-5, 2e-3, 5e-4, 2e-4, 1e-5, 7e-4, 1.5e-3, 3e-3)  # in the order they are tried
 PALU = {"name": "palu", "top_k": 50, "first_n": 3, "alpha": 2.0}
 METHODS = {
     "palu (GPT-4o spans)": PALU,
