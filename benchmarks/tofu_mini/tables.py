@@ -41,17 +41,21 @@ def _attacked(summary: dict | None) -> str:
 
 
 def grid_table(rows: list[dict], ks: list[str], ns: list[str], key: str) -> str:
-    """K (rows) by N (columns) of one metric of each cell's selected epoch."""
+    """K (rows) by N (columns) of one metric of each cell's selected epoch ("floor" where no
+    epoch kept the utility floor)."""
     by = {(r["K"], r["N"]): r for r in rows}
     lines = ["| K \\ N | " + " | ".join(ns) + " |", "|" + "---|" * (len(ns) + 1)]
     for k in ks:
-        lines.append(f"| {k} | " + " | ".join(cell((by.get((k, n)) or {}).get(key)) for n in ns) + " |")
+        row = [by.get((k, n), {}) for n in ns]
+        lines.append(f"| {k} | " + " | ".join(cell(r[key]) if key in r else "floor" for r in row) + " |")
     return "\n".join(lines)
 
 
 def search_summary(found: dict) -> str:
     """Both Pareto fronts, and how the sweep's covers the grid's."""
     def rows(front: list[dict]) -> list[str]:
+        if not front:
+            return ["(empty: no run kept the utility floor)"]
         keys = [k for k in ("lr", "alpha", "top_k", "first_n", "run", "epoch") if any(k in p for p in front)]
         out = ["| forget quality | model utility | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
         out += [f"| {cell(p['forget_quality'])} | {cell(p['utility'])} | "
