@@ -28,9 +28,9 @@ or punctuation (``complete_phrases``): once "civil" or "Historical" is out, "eng
 "Fiction" follow from local context and score near 0, yet they are part of the fact. Names,
 numbers, dates and quoted titles (the rules annotator's spans) are added (``with_rules``):
 they are sensitive whatever the model makes of them, and a tiny model often predicts their tails
-from context alone. Marked words separated only by spaces form one span; function words are
-trimmed from span edges, and spans whose words all occur in the question are dropped (the
-author's name unless asked for).
+from context alone. Function words and words of the question are never marked (the author's
+name unless asked for). Marked words separated only by spaces form one span, and function words
+are trimmed from span edges.
 Scoring is batched: answers with their prompts in one pass, windows in a second pass of short
 left-padded sequences, only the needed positions reaching the vocabulary projection.
 
@@ -48,7 +48,7 @@ import torch
 
 from palu.annotate.base import Annotator, AnnotationReport, register
 from palu.annotate.rules import RulesAnnotator
-from palu.annotate.text import STOPWORDS, content_words, in_question, merge, trim, word_spans
+from palu.annotate.text import STOPWORDS, content_words, merge, trim, word_spans
 from palu.config import build
 from palu.data.prompts import PromptConfig, answer_ids_and_offsets, prompt_ids
 from palu.data.qa import QAItem, Span
@@ -56,8 +56,7 @@ from palu.errors import PaluError
 from palu.models import load_model, load_tokenizer
 
 Request = tuple[list[int], int]  # token ids, and how many of the last ids to score
-_SUBJECT = RulesAnnotator(spacy_model=None, skip_question_words=False)
-_RULES = RulesAnnotator(spacy_model=None)
+_RULES = RulesAnnotator(spacy_model=None)  # without a question, it skips no words
 
 
 @dataclass
@@ -84,7 +83,7 @@ class ContrastAnnotator(Annotator):
         reference_question: the question of the same-model reference; None masks the names,
             numbers and titles of each item's own question.
         threshold: the word score (nats) from which a word is sensitive.
-        skip_question_words: drop spans whose words all occur in the question.
+        skip_question_words: never mark a word the question contains (nor a rule span made of them).
         complete_phrases: extend each marked word over the content words right after it.
         with_rules: add the rules annotator's spans (names, numbers, dates, quoted titles).
         batch_tokens: input tokens per forward pass.
@@ -141,12 +140,9 @@ class ContrastAnnotator(Annotator):
             marked = phrases(answer, [word for word, _ in words], marked)
         if self.with_rules:
             marked += _RULES.spans(answer, item.question if self.skip_question_words else "")
-        out = []
-        for span in merge(marked, answer, bridge=" "):
-            span = trim(answer, span)
-            if span is not None and not (self.skip_question_words and in_question(answer, span, item.question)):
-                out.append(span)
-        return out
+        # every span holds a marked word outside the question, so no span is made of question words only
+        spans = (trim(answer, span) for span in merge(marked, answer, bridge=" "))
+        return [span for span in spans if span is not None]
 
     def token_scores(self, items: list[QAItem]) -> list[TokenScores]:
         """Contrast scores of every answer token of every item (EOS not included)."""
@@ -203,7 +199,7 @@ def phrases(answer: str, words: list[Span], marked: list[Span]) -> list[Span]:
 
 def mask_subject(question: str, placeholder: str = "someone") -> str:
     """``question`` with its names, numbers and quoted titles (the rules annotator's spans) replaced."""
-    for span in reversed(_SUBJECT.spans(question)):
+    for span in reversed(_RULES.spans(question)):
         question = question[: span.start] + placeholder + question[span.end :]
     return question
 
