@@ -67,6 +67,7 @@ def main() -> None:
     reference = evaluate_tofu(load_model(str(retain)), tok, sets, PromptConfig(), **opts)
     base = load_model(str(full))
     rows = {"full (no unlearning)": summary(evaluate_tofu(base, tok, sets, PromptConfig(), reference, **opts))}
+    start_record = {"epoch": 0, **rows["full (no unlearning)"]}
     span_sets = {"GPT-4o spans (file annotator)": annotate(forget, "file", path=str(spans_file))[0]}
     start = time.time()
     span_sets["contrast spans (offline)"] = annotate(forget, "contrast", model=base, tokenizer=tok)[0]
@@ -77,7 +78,7 @@ def main() -> None:
         model = copy.deepcopy(base)
         with tempfile.TemporaryDirectory() as tmp:
             every_epoch = EpochEvaluator(tok, sets, PromptConfig(), reference, Path(tmp), rule, **opts)
-            every_epoch.evaluate(0, base)
+            every_epoch.records.append(start_record)  # the same model each run starts from: evaluated once
             unlearn(model, tok, items, retain_items, "palu", PaluConfig(top_k=50, first_n=3, alpha=args.alpha), cfg,
                     PromptConfig(), Path(tmp), on_epoch_end=every_epoch, progress=False)
         spans = sum(len(it.spans) for it in items)

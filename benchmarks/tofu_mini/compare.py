@@ -56,7 +56,7 @@ def slug(name: str) -> str:
 class Comparison:
     def __init__(self, protocol: Protocol, budget: int, epochs: int):
         self.p, self.budget, self.epochs = protocol, budget, epochs
-        self.out = protocol.workdir / f"compare-{protocol.forget}"
+        self.out = protocol.evaluations
 
     def forget_source(self, method: str) -> DataSource:
         """forget items with the spans the method reads: the paper's GPT-4o spans (re-anchored by the
@@ -135,15 +135,11 @@ class Comparison:
         return {"eval": read_json(ev / "summary.json"), "attack": read_json(attacks / "summary.json")}
 
     def references(self) -> dict:
-        """The full and retain models with the final evaluation, as rows of the table."""
-        rows = {}
-        for name in ("full", "retain"):
-            ev = self.out / f"eval-{name}"
-            if not (ev / "summary.json").is_file():
-                run_eval(self.p.eval_config(self.p.model(name), ev, reference=name != "retain"), overwrite=True,
-                         progress=False)
-            rows[name] = {"eval": read_json(ev / "summary.json")}
-        return rows
+        """The full and retain models with the final evaluation (the retain one is the protocol's), as rows."""
+        full = self.out / "eval-full"
+        if not (full / "summary.json").is_file():
+            run_eval(self.p.eval_config(self.p.model("full"), full), overwrite=True, progress=False)
+        return {name: {"eval": read_json(self.out / f"eval-{name}" / "summary.json")} for name in ("full", "retain")}
 
     def run_all(self) -> dict:
         table = self.references()

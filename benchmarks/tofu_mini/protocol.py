@@ -12,7 +12,8 @@ Built only from TOFU's files (``--data``, default ../shared/data/tofu) and palu'
   knowledge. Training stops once forget05 answer probability and ROUGE-L recall both reach 0.9.
 - ``retain/``: the same recipe on retain95 (less the holdout) plus the two sets; it stops once it
   knows its own retain_perturbed items to the same level.
-- ``reference.json``: the retain model's results on the evaluation sets (forget quality, privleak).
+- ``compare-<forget>/eval-retain/``: the retain model's evaluation, the reference of forget quality
+  and privleak (and the retain row of the comparison).
 
 Both models and the reference are cached: a finished run is reused, an interrupted one resumes.
 """
@@ -81,7 +82,7 @@ class Protocol:
     def model(self, name: str) -> Path:
         return self.workdir / name / MODEL_DIR
 
-    def train(self, name: str, data: DataSource, knows: DataSource, threads_note: str = "") -> Path:
+    def train(self, name: str, data: DataSource, knows: DataSource) -> Path:
         cfg = FinetuneConfig(model="scratch", tokenizer=str(self.tokenizer), data=[data, *self.general()],
                              output_dir=str(self.workdir / name), train=scratch_train(),
                              early_stop=EarlyStop(knows, prob=0.9, rouge=0.9, from_epoch=8))
@@ -105,19 +106,23 @@ class Protocol:
             fluency_model=str(self.model("retain")), **EVAL_OPTIONS)
 
     @property
+    def evaluations(self) -> Path:
+        """Where the runs and evaluations on this forget split live."""
+        return self.workdir / f"compare-{self.forget}"
+
+    @property
     def reference(self) -> Path:
-        return self.workdir / f"reference-{self.forget}.json"
+        return self.evaluations / "eval-retain" / "results.json"
 
     def build(self) -> None:
-        """Data, tokenizer, both models and the retain model's reference results (all cached)."""
+        """Data, tokenizer, both models and the retain model's evaluation (all cached)."""
         self.prepare_data()
         self.train_tokenizer()
         self.train("full", self.prepared("full"), self.source(self.forget))
         self.train("retain", self.prepared("retain"), self.source("retain_perturbed", limit=200))
         if not self.reference.is_file():
-            results = run_eval(self.eval_config(self.model("retain"), self.workdir / f"eval-retain-{self.forget}",
-                                                reference=False), overwrite=True, progress=False)
-            write_json(self.reference, results)
+            run_eval(self.eval_config(self.model("retain"), self.reference.parent, reference=False), overwrite=True,
+                     progress=False)
 
 
 

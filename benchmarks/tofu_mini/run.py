@@ -61,7 +61,9 @@ def main() -> None:
     sections = [header(args, protocol)]
     if {"compare", "grid", "sweep"} & set(stages):
         table = cmp.run_all()
-        sections += ["## Comparison", comparison_table(table), report(cmp)]
+        write_json(args.results.with_suffix(".json"), table)
+        sections += ["## Comparison", comparison_table(table), report(cmp, args.results.with_name(
+            f"{args.results.stem}_report.html"))]
         if "grid" in stages or "sweep" in stages:
             palu = table["palu (GPT-4o spans)"].get("selected") or {"lr": 1e-3}
             grid = run_grid(cmp, palu["lr"])
@@ -81,7 +83,7 @@ def main() -> None:
             write_json(cmp.out / "sweep.json", found)
             sections += [f"## palu sweep ({args.trials} runs) against the grid ({found['grid_runs']} runs)",
                          search_summary(found)]
-    sections.append(f"Wall time of this invocation: {(time.time() - start) / 60:.0f} min.")
+    sections.append(f"Wall time of this invocation (finished runs are reused): {(time.time() - start) / 60:.0f} min.")
     write_text(args.results, "\n\n".join(sections) + "\n")
     print(f"results in {args.results}")
 
@@ -90,14 +92,14 @@ def header(args, protocol: Protocol) -> str:
     return (f"# TOFU-mini ({args.forget})\n\nCommand: `python benchmarks/tofu_mini/run.py --stages {args.stages} "
             f"--budget {args.budget} --epochs {args.epochs}`\n\nMachine: {platform.machine()}, "
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}. Date: {date.today()}. "
-            f"Models and runs: {protocol.workdir}.")
+            f"Models and runs: {protocol.workdir}. What the tables show: `benchmarks/tofu_mini/README.md`, Findings.")
 
 
-def report(cmp: Comparison) -> str:
-    """The HTML report of the comparison's evaluations (palu report on the comparison folder)."""
-    html = cmp.out / "report.html"
+def report(cmp: Comparison, html: Path) -> str:
+    """The HTML report of the comparison's evaluations (``palu report`` on the comparison folder)."""
     run_report([cmp.out], html)
-    return f"HTML report: `{html}` (`palu report {cmp.out} --out {html}`)."
+    return (f"HTML report: `{html.name}` (`palu report {cmp.out} --out {html}`); every row with its attacks: "
+            f"`{html.name.replace('_report.html', '.json')}`.")
 
 
 if __name__ == "__main__":
