@@ -10,7 +10,7 @@ from test_cli import TINY
 from palu.cli import main
 from palu.config import load_config
 from palu.errors import PaluError
-from palu.sweep import SweepConfig
+from palu.sweep import SweepConfig, collapsed
 
 
 @pytest.fixture(scope="module")
@@ -40,18 +40,36 @@ def test_sweep_finds_a_pareto_front_and_resumes(demo, tmp_path, capsys):
         assert 1e-4 <= row["lr"] <= 3e-3 and row["top_k"] in (1, 10, 50, 1000) and row["epoch"] in (1, 2)
         assert (out / f"trial-{row['trial']:03d}" / "eval" / "epoch-0.json").exists()
     assert "forget quality" in capsys.readouterr().out
+    start = json.loads((out / "start-eval.json").read_text())  # the starting model, evaluated once
+    start["summary"]["marker"] = "shared"
+    (out / "start-eval.json").write_text(json.dumps(start))
     assert main(sweep_args(demo, out, 4, "prune_below=0")) == 0  # one more trial, not four
     assert len(list(out.glob("trial-*"))) == 4
+    assert json.loads((out / "trial-003" / "eval" / "epoch-0.json").read_text())["summary"]["marker"] == "shared"
 
 
 def test_trials_that_lose_utility_are_pruned(demo, tmp_path):
     import optuna
 
     out = tmp_path / "p"
-    assert main(sweep_args(demo, out, 2, "prune_below=100")) == 0  # any utility is "too low"
+    # any utility is "too low", and a learning rate this large only makes it fall
+    assert main(sweep_args(demo, out, 2, "prune_below=100", "space.lr=[0.5,1.0]")) == 0
     study = optuna.load_study(study_name="palu", storage=f"sqlite:///{out / 'study.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
     assert json.loads((out / "pareto.json").read_text()) == []
+
+
+@pytest.mark.parametrize("utilities, pruned", [
+    ([0.9, 0.8], False),  # a dip above the floor
+    ([0.9, 0.3], True),  # under the floor and falling
+    ([0.9, 0.3, 0.2], True),
+    ([0.9, 0.3, 0.4], False),  # under the floor but recovering
+    ([0.9, 0.3, 0.3], True),  # under the floor and stalled
+    ([0.9], False),  # the starting model alone
+])
+def test_a_trial_is_pruned_only_when_utility_is_low_and_not_recovering(utilities, pruned):
+    records = [{"epoch": i, "model_utility": u} for i, u in enumerate(utilities)]
+    assert collapsed(records, "model_utility", 0.5) is pruned
 
 
 def test_a_sweep_needs_per_epoch_evaluation():

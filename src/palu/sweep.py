@@ -4,17 +4,19 @@ A multi-objective Optuna study (TPE or NSGA-II) over learning rate, alpha, K and
 forget quality and utility together and returns their Pareto front. Every trial is an ordinary
 unlearning run evaluated after each epoch; its values are those of its best epoch under the
 selection rule (:mod:`palu.train.selection`), or of its last epoch when no epoch keeps the
-utility floor. Pruning is per epoch and domain-specific: a trial stops as soon as its utility
-falls below ``prune_below`` times the starting model's, since unlearning does not win it back.
-Optuna's own pruners do not support several objectives. The study lives in
+utility floor. Pruning is per epoch and domain-specific: a trial stops once its utility is below
+``prune_below`` times the starting model's and no higher than at the epoch before. A dip alone is
+not enough: while the learning rate decays, utility often climbs back (on TOFU-mini, PALU went
+from 0.65 to 0.96 of the start). Optuna's own pruners do not support several objectives. The study lives in
 ``<output_dir>/study.db``, so an interrupted sweep resumes.
 """
 
 from __future__ import annotations
 
-import logging
+import shutil
 import warnings
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from palu.commands import UnlearnConfig, run_unlearn
 from palu.errors import PaluError
@@ -22,7 +24,7 @@ from palu.io import prepare_output_dir, read_json, write_json
 from palu.runs import save_config
 from palu.train.selection import UTILITY_FALLBACK, best_epoch
 
-log = logging.getLogger(__name__)
+START = "start-eval.json"  # the starting model's evaluation, shared by the trials
 
 
 @dataclass
@@ -46,7 +48,8 @@ class SweepConfig:
     Attributes:
         trials: runs in the study (resumed studies count the finished ones).
         sampler: "tpe" or "nsga2".
-        prune_below: stop a trial when utility falls below this fraction of the starting model's.
+        prune_below: stop a trial whose utility is below this fraction of the starting model's and
+            not recovering (no higher than at the epoch before).
     """
 
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
@@ -54,7 +57,7 @@ class SweepConfig:
     trials: int = 30
     sampler: str = "tpe"
     seed: int = 0
-    prune_below: float = 0.8
+    prune_below: float = 0.5
     output_dir: str = "runs/sweep"
 
     def __post_init__(self) -> None:
@@ -96,12 +99,16 @@ def run_sweep(cfg: SweepConfig, overwrite: bool = False, progress: bool = False)
                   "first_n": trial.suggest_categorical("first_n", space.first_n)}
         train = replace(cfg.unlearn.train, lr=trial.suggest_float("lr", *space.lr, log=True))
         run = out / f"trial-{trial.number:03d}"
+        start_trial(run, out / START)
         run_cfg = replace(cfg.unlearn, method=method, train=train, output_dir=str(run))
         try:
-            run_unlearn(run_cfg, overwrite=True, progress=progress, stop=lambda records: _collapsed(records, utility,
-                                                                                                  cfg.prune_below))
+            run_unlearn(run_cfg, resume=True, progress=progress, stop=lambda records: _prune(records, utility,
+                                                                                             cfg.prune_below))
         except UtilityCollapsed:
             raise optuna.TrialPruned() from None
+        finally:
+            if not (out / START).is_file() and (run / "eval" / "epoch-0.json").is_file():
+                write_json(out / START, read_json(run / "eval" / "epoch-0.json"))
         records = [read_json(p)["summary"] for p in sorted((run / "eval").glob("epoch-*.json"))]
         chosen = best_epoch(records, rule) or max(records, key=lambda r: r["epoch"])
         trial.set_user_attr("epoch", chosen["epoch"])
@@ -120,10 +127,30 @@ def run_sweep(cfg: SweepConfig, overwrite: bool = False, progress: bool = False)
     return front
 
 
-def _collapsed(records: list[dict], utility: str, fraction: float) -> None:
-    start, last = records[0], records[-1]
-    base, now = utility_of(start, utility), utility_of(last, utility)
-    if last["epoch"] > 0 and base is not None and now is not None and now < fraction * base:
+def start_trial(run: Path, start: Path) -> None:
+    """An empty trial folder holding the starting model's evaluation when an earlier trial made it.
+
+    Every trial starts from the same model and is scored on the same sets, so that evaluation is
+    done once per study, not once per trial. A trial folder left by an interrupted sweep belongs
+    to a trial Optuna will not resume, so it is cleared.
+    """
+    if run.exists():
+        shutil.rmtree(run)
+    if start.is_file():
+        (run / "eval").mkdir(parents=True)
+        shutil.copy(start, run / "eval" / "epoch-0.json")
+
+
+def collapsed(records: list[dict], utility: str, fraction: float) -> bool:
+    """Is the last epoch's utility under ``fraction`` of the start's and no higher than the epoch before?"""
+    if len(records) < 2:
+        return False
+    base, before, now = (utility_of(r, utility) for r in (records[0], records[-2], records[-1]))
+    return None not in (base, before, now) and now < fraction * base and now <= before
+
+
+def _prune(records: list[dict], utility: str, fraction: float) -> None:
+    if collapsed(records, utility, fraction):
         raise UtilityCollapsed
 
 
