@@ -61,8 +61,9 @@ def contrast_rows(items, reference, full: Path, retain: Path) -> list[dict]:
     """F1 of every window (same-model reference) and of the retain model as base, at each threshold."""
     model, tok = load_model(str(full)), load_tokenizer(str(full))
     variants = [(f"window={w}", {"window": w}) for w in WINDOWS]
-    variants.append(("window=5 scores only (no phrase completion, no rules)",
-                     {"complete_phrases": False, "with_rules": False}))
+    variants.append(("window=5 modifiers may start spans", {"skip_modifiers": False}))
+    variants.append(("window=5 scores only (no phrase completion, no rules, modifiers kept)",
+                     {"complete_phrases": False, "with_rules": False, "skip_modifiers": False}))
     variants.append(("window=5 neutral question", {"reference_question": "Tell me something."}))
     variants.append(("base=retain model", {"base_model": load_model(str(retain))}))
     rows = []

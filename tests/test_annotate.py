@@ -12,7 +12,7 @@ import torch
 
 from palu.annotate import annotate, get_annotator
 from palu.annotate.command import AnnotateConfig, run_annotate, show_spans
-from palu.annotate.contrast import TokenScores, mask_subject, phrases, word_scores
+from palu.annotate.contrast import TokenScores, is_modifier, mask_subject, phrases, word_scores
 from palu.annotate.quality import span_f1
 from palu.annotate.text import on_boundaries, word_spans
 from palu.data.labels import collate, encode
@@ -219,11 +219,12 @@ def test_a_marked_word_carries_the_content_words_after_it():
 
 def test_contrast_spans_combine_scores_phrases_and_rules(memorised):
     """Spans from made-up scores: one scored word grows into its phrase, rules add the title and the
-    year, question words and function words are never marked."""
+    year, question words, function words and adverbs are never marked."""
     model, tok, _ = memorised
-    item = QAItem("What did Hina Ameen write?", 'Hina Ameen is a civil engineer who wrote "Granite Dawn" in 1990.')
+    item = QAItem("What did Hina Ameen write?",
+                  'Hina Ameen is a civil engineer who famously wrote "Granite Dawn" in 1990.')
     words = word_spans(item.answer)
-    score = np.array([5.0 if w.text(item.answer) in ("Hina", "is", "civil") else 0.0 for w in words])
+    score = np.array([5.0 if w.text(item.answer) in ("Hina", "is", "civil", "famously") else 0.0 for w in words])
     scores = TokenScores([(w.start, w.end) for w in words], score, score, np.zeros_like(score))
     spans = lambda **kw: [sp.text(item.answer) for sp in
                           get_annotator("contrast", model=model, tokenizer=tok, **kw).spans(item, scores)]
@@ -231,6 +232,12 @@ def test_contrast_spans_combine_scores_phrases_and_rules(memorised):
     assert spans(with_rules=False) == ["civil engineer"]
     assert spans(with_rules=False, complete_phrases=False) == ["civil"]
     assert spans(with_rules=False, skip_question_words=False) == ["Hina Ameen", "civil engineer"]
+    assert spans(with_rules=False, skip_modifiers=False) == ["civil engineer", "famously wrote"]
+
+
+def test_adverbs_and_past_forms_are_modifiers():
+    assert is_modifier("eloquently") and is_modifier("inspired")
+    assert not any(is_modifier(w) for w in ("red", "Reed", "July", "engineer", "Shattered"))
 
 
 def test_the_reference_question_hides_the_subject():

@@ -29,12 +29,15 @@ or punctuation (``complete_phrases``): once "civil" or "Historical" is out, "eng
 numbers, dates and quoted titles (the rules annotator's spans) are added (``with_rules``):
 they are sensitive whatever the model makes of them, and a tiny model often predicts their tails
 from context alone. Function words and words of the question are never marked (the author's
-name unless asked for). Marked words separated only by spaces form one span, and function words
+name unless asked for). Adverbs and past forms ("eloquently", "inspired"; ``skip_modifiers``)
+start no span: a memorising model gains on all of an answer's wording, but the facts a user must
+remove are named by nouns, names and numbers, and these words only say how (they stay inside a
+span that phrase completion extends over them). Marked words separated only by spaces form one span, and function words
 are trimmed from span edges.
 Scoring is batched: answers with their prompts in one pass, windows in a second pass of short
 left-padded sequences, only the needed positions reaching the vocabulary projection.
 
-Defaults (window 5, threshold 1 nat, phrase completion and rules on) gave the best span F1 in
+Defaults (window 5, threshold 1 nat, all options on) gave the best span F1 in
 ``benchmarks/annotators.py`` with tiny models; see ``benchmarks/results/annotators.md``.
 """
 
@@ -84,6 +87,7 @@ class ContrastAnnotator(Annotator):
             numbers and titles of each item's own question.
         threshold: the word score (nats) from which a word is sensitive.
         skip_question_words: never mark a word the question contains (nor a rule span made of them).
+        skip_modifiers: adverbs and past forms (lowercase words ending in -ly or -ed) start no span.
         complete_phrases: extend each marked word over the content words right after it.
         with_rules: add the rules annotator's spans (names, numbers, dates, quoted titles).
         batch_tokens: input tokens per forward pass.
@@ -98,6 +102,7 @@ class ContrastAnnotator(Annotator):
     reference_question: str | None = None
     threshold: float = 1.0
     skip_question_words: bool = True
+    skip_modifiers: bool = True
     complete_phrases: bool = True
     with_rules: bool = True
     batch_tokens: int = 4096
@@ -134,8 +139,7 @@ class ContrastAnnotator(Annotator):
         answer = item.answer
         words = word_scores(answer, scores)
         asked = content_words(item.question) if self.skip_question_words else set()
-        marked = [word for word, score in words if score >= self.threshold
-                  and word.text(answer).lower() not in STOPWORDS and not content_words(word.text(answer)) <= asked]
+        marked = [word for word, score in words if score >= self.threshold and not self.skipped(word.text(answer), asked)]
         if self.complete_phrases:
             marked = phrases(answer, [word for word, _ in words], marked)
         if self.with_rules:
@@ -143,6 +147,12 @@ class ContrastAnnotator(Annotator):
         # every span holds a marked word outside the question, so no span is made of question words only
         spans = (trim(answer, span) for span in merge(marked, answer, bridge=" "))
         return [span for span in spans if span is not None]
+
+    def skipped(self, word: str, asked: set[str]) -> bool:
+        """Words that start no span whatever their score: function words, the question's words and,
+        with ``skip_modifiers``, adverbs and past forms."""
+        return (word.lower() in STOPWORDS or content_words(word) <= asked
+                or (self.skip_modifiers and is_modifier(word)))
 
     def token_scores(self, items: list[QAItem]) -> list[TokenScores]:
         """Contrast scores of every answer token of every item (EOS not included)."""
@@ -180,6 +190,11 @@ def word_scores(answer: str, scores: TokenScores) -> list[tuple[Span, float]]:
         hits = [s for (start, end), s in zip(ranges, scores.score) if start < word.end and end > word.start]
         out.append((word, float(max(hits, default=-np.inf))))
     return out
+
+
+def is_modifier(word: str) -> bool:
+    """A lowercase word ending in -ly or -ed: an adverb or a past form ("eloquently", "inspired")."""
+    return word.islower() and len(word) >= 4 and word.endswith(("ly", "ed"))
 
 
 def phrases(answer: str, words: list[Span], marked: list[Span]) -> list[Span]:
