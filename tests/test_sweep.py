@@ -48,21 +48,24 @@ def test_sweep_finds_a_pareto_front_and_resumes(demo, tmp_path, capsys):
     assert json.loads((out / "trial-003" / "eval" / "epoch-0.json").read_text())["summary"]["marker"] == "shared"
 
 
-def test_trials_that_lose_utility_are_pruned(demo, tmp_path):
+def test_trials_that_lose_utility_are_pruned(demo, tmp_path, monkeypatch):
     import optuna
 
+    import palu.sweep
+
     out = tmp_path / "p"
-    # any utility is "too low", and a learning rate this large only makes it fall
-    assert main(sweep_args(demo, out, 2, "prune_below=100", "space.lr=[0.5,1.0]")) == 0
+    monkeypatch.setattr(palu.sweep, "collapsed", lambda *_: True)  # the rule itself is tested below
+    assert main(sweep_args(demo, out, 2)) == 0
     study = optuna.load_study(study_name="palu", storage=f"sqlite:///{out / 'study.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
     assert json.loads((out / "pareto.json").read_text()) == []
+    assert not (out / "trial-000" / "eval" / "epoch-2.json").exists()  # stopped after the first epoch
 
 
 @pytest.mark.parametrize("utilities, pruned", [
-    ([0.9, 0.8], False),  # a dip above the floor
-    ([0.9, 0.3], True),  # under the floor and falling
-    ([0.9, 0.3, 0.2], True),
+    ([0.9, 0.8, 0.7], False),  # falling, above the floor
+    ([0.9, 0.3], False),  # the first epoch's dip alone
+    ([0.9, 0.3, 0.2], True),  # under the floor and falling
     ([0.9, 0.3, 0.4], False),  # under the floor but recovering
     ([0.9, 0.3, 0.3], True),  # under the floor and stalled
     ([0.9], False),  # the starting model alone

@@ -4,10 +4,11 @@ A multi-objective Optuna study (TPE or NSGA-II) over learning rate, alpha, K and
 forget quality and utility together and returns their Pareto front. Every trial is an ordinary
 unlearning run evaluated after each epoch; its values are those of its best epoch under the
 selection rule (:mod:`palu.train.selection`), or of its last epoch when no epoch keeps the
-utility floor. Pruning is per epoch and domain-specific: a trial stops once its utility is below
-``prune_below`` times the starting model's and no higher than at the epoch before. A dip alone is
-not enough: while the learning rate decays, utility often climbs back (on TOFU-mini, PALU went
-from 0.65 to 0.96 of the start). Optuna's own pruners do not support several objectives. The study lives in
+utility floor. Pruning is per epoch and domain-specific: from the second epoch on, a trial stops
+once its utility is below ``prune_below`` times the starting model's and no higher than at the
+epoch before. A dip alone is not enough: while the learning rate decays, utility often climbs
+back (on TOFU-mini, PALU went from 0.46 to 0.88 of the start). Optuna's own pruners do not
+support several objectives. The study lives in
 ``<output_dir>/study.db``, so an interrupted sweep resumes.
 """
 
@@ -142,8 +143,9 @@ def start_trial(run: Path, start: Path) -> None:
 
 
 def collapsed(records: list[dict], utility: str, fraction: float) -> bool:
-    """Is the last epoch's utility under ``fraction`` of the start's and no higher than the epoch before?"""
-    if len(records) < 2:
+    """Is the last epoch's utility under ``fraction`` of the start's and no higher than the epoch
+    before? Judged from the second epoch on: the first always falls from the start."""
+    if len(records) < 3:
         return False
     base, before, now = (utility_of(r, utility) for r in (records[0], records[-2], records[-1]))
     return None not in (base, before, now) and now < fraction * base and now <= before
