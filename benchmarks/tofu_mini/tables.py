@@ -40,15 +40,25 @@ def _attacked(summary: dict | None) -> str:
     return f"{cell(summary.get('forget_Q_A_Prob'))} ({cell(summary.get('forget_quality'))})"
 
 
-def grid_table(rows: list[dict], ks: list[str], ns: list[str], key: str) -> str:
-    """K (rows) by N (columns) of one metric of each cell's selected epoch ("floor" where no
-    epoch kept the utility floor)."""
+def grid_table(rows: list[dict], ks: list[str], ns: list[str], show) -> str:
+    """K (rows) by N (columns), each cell rendered by ``show(cell)``."""
     by = {(r["K"], r["N"]): r for r in rows}
     lines = ["| K \\ N | " + " | ".join(ns) + " |", "|" + "---|" * (len(ns) + 1)]
     for k in ks:
-        row = [by.get((k, n), {}) for n in ns]
-        lines.append(f"| {k} | " + " | ".join(cell(r[key]) if key in r else "floor" for r in row) + " |")
+        lines.append(f"| {k} | " + " | ".join(show(by.get((k, n), {})) for n in ns) + " |")
     return "\n".join(lines)
+
+
+def selected(key: str):
+    """A cell's selected-epoch value of ``key`` ("floor" where no epoch kept the utility floor)."""
+    return lambda row: cell(row[key]) if key in row else "floor"
+
+
+def peak(row: dict) -> str:
+    """A cell's best forget quality at any epoch, with the utility and forget truth ratio there."""
+    top = row.get("peak")
+    return "" if not top else (f"{cell(top['forget_quality'])} (MU {cell(top['model_utility'])}, "
+                               f"TR {cell(top['forget_truth_ratio'])})")
 
 
 def search_summary(found: dict) -> str:
