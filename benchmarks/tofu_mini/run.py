@@ -1,6 +1,6 @@
 """TOFU-mini in one command: build (or reuse) the models, then run the requested stages.
 
-    python benchmarks/tofu_mini/run.py                            # models, compare, grid
+    python benchmarks/tofu_mini/run.py                            # models, compare, grid, sweep
     python benchmarks/tofu_mini/run.py --stages models            # only the cached models
     python benchmarks/tofu_mini/run.py --stages compare --budget 3
 
