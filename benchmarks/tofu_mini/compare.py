@@ -14,7 +14,6 @@ Every run starts from the full model, whose evaluation (epoch 0) is computed onc
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from palu.eval.attacks import AttackConfig, relearn_train, run_attack
 from palu.io import read_json, write_json
 from palu.models import load_model, load_tokenizer
 from palu.train.loop import TrainConfig
-from palu.train.selection import BEST_DIR, EpochEvaluator, SelectionRule, best_epoch
+from palu.train.selection import BEST_DIR, EpochEvaluator, SelectionRule, best_epoch, epoch_path, share_start
 
 from protocol import EVAL_OPTIONS, Protocol
 
@@ -82,7 +81,7 @@ class Comparison:
 
     def start_record(self) -> Path:
         """The full model's per-epoch evaluation, computed once and given to every run as its epoch 0."""
-        path = self.out / "start" / "eval" / "epoch-0.json"
+        path = epoch_path(self.out / "start", 0)
         if not path.is_file():
             sets = self.epoch_sets()
             full = str(self.p.model("full"))
@@ -97,9 +96,7 @@ class Comparison:
 
     def train(self, folder: Path, method: dict, forget: DataSource, lr: float) -> Path:
         """One unlearning run from the full model, evaluated after every epoch (cached, resumable)."""
-        if not (folder / "eval" / "epoch-0.json").is_file():
-            (folder / "eval").mkdir(parents=True, exist_ok=True)
-            shutil.copy(self.start_record(), folder / "eval" / "epoch-0.json")
+        share_start(folder, self.start_record())
         cfg = UnlearnConfig(model=str(self.p.model("full")), forget=forget, retain=self.p.prepared("retain"),
                             method=dict(method), eval=self.epoch_sets(), select=RULE, output_dir=str(folder),
                             train=TrainConfig(epochs=self.epochs, lr=lr, batch_size=8, warmup_epochs=1, max_length=256))

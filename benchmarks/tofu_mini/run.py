@@ -26,7 +26,7 @@ from compare import LRS, Comparison  # noqa: E402
 from grid import KS, NS, label, run_grid  # noqa: E402
 from protocol import Protocol  # noqa: E402
 from search import run_search  # noqa: E402
-from tables import comparison_table, grid_table, peak, search_summary, selected  # noqa: E402
+from tables import comparison_table, grid_table, peak_cell, search_summary, selected  # noqa: E402
 
 from palu.io import write_json, write_text  # noqa: E402
 from palu.report import run_report  # noqa: E402
@@ -70,7 +70,7 @@ def main() -> None:
             write_json(cmp.out / "grid.json", grid)
             ks, ns = [label(k) for k in KS], [label(n) for n in NS]
             targets = "\n".join(f"- target {name}: forget quality {row.get('forget_quality')}, model utility "
-                                f"{row.get('model_utility')} (epoch {row.get('epoch')}); peak {peak(row)}"
+                                f"{row.get('model_utility')} (epoch {row.get('epoch')}); peak {peak_cell(row)}"
                                 for name, row in grid["targets"].items())
             sections += [f"## K x N (PALU, GPT-4o spans, lr {grid['lr']:g})",
                          "Forget quality at the selected epoch (best forget quality with model utility >= 95% of "
@@ -78,7 +78,7 @@ def main() -> None:
                          "Model utility there:", grid_table(grid["cells"], ks, ns, selected("model_utility")),
                          "Peak: the best forget quality at any epoch, with the model utility (MU) and forget truth "
                          "ratio (TR) there (the retain model's TR is the target):",
-                         grid_table(grid["cells"], ks, ns, peak),
+                         grid_table(grid["cells"], ks, ns, peak_cell),
                          "Target variants (K = 50, N = 3):", targets]
         if "sweep" in stages:
             palu_runs = [(cmp.out / "runs" / "palu-gpt4o" / f"lr-{lr:g}", lr) for lr in LRS[: args.budget]]

@@ -54,7 +54,7 @@ def selected(key: str):
     return lambda row: cell(row[key]) if key in row else "floor"
 
 
-def peak(row: dict) -> str:
+def peak_cell(row: dict) -> str:
     """A cell's best forget quality at any epoch, with the utility and forget truth ratio there."""
     top = row.get("peak")
     return "" if not top else (f"{cell(top['forget_quality'])} (MU {cell(top['model_utility'])}, "

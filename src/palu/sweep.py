@@ -23,7 +23,7 @@ from palu.commands import UnlearnConfig, run_unlearn
 from palu.errors import PaluError
 from palu.io import prepare_output_dir, read_json, write_json
 from palu.runs import save_config
-from palu.train.selection import UTILITY_FALLBACK, best_epoch
+from palu.train.selection import UTILITY_FALLBACK, best_epoch, epoch_path, share_start
 
 START = "start-eval.json"  # the starting model's evaluation, shared by the trials
 
@@ -108,8 +108,8 @@ def run_sweep(cfg: SweepConfig, overwrite: bool = False, progress: bool = False)
         except UtilityCollapsed:
             raise optuna.TrialPruned() from None
         finally:
-            if not (out / START).is_file() and (run / "eval" / "epoch-0.json").is_file():
-                write_json(out / START, read_json(run / "eval" / "epoch-0.json"))
+            if not (out / START).is_file() and epoch_path(run, 0).is_file():
+                shutil.copy(epoch_path(run, 0), out / START)
         records = [read_json(p)["summary"] for p in sorted((run / "eval").glob("epoch-*.json"))]
         chosen = best_epoch(records, rule) or max(records, key=lambda r: r["epoch"])
         trial.set_user_attr("epoch", chosen["epoch"])
@@ -138,8 +138,7 @@ def start_trial(run: Path, start: Path) -> None:
     if run.exists():
         shutil.rmtree(run)
     if start.is_file():
-        (run / "eval").mkdir(parents=True)
-        shutil.copy(start, run / "eval" / "epoch-0.json")
+        share_start(run, start)
 
 
 def collapsed(records: list[dict], utility: str, fraction: float) -> bool:

@@ -149,10 +149,9 @@ class ContrastAnnotator(Annotator):
         return [span for span in spans if span is not None]
 
     def skipped(self, word: str, asked: set[str]) -> bool:
-        """Words that start no span whatever their score: function words, the question's words and,
-        with ``skip_modifiers``, adverbs and past forms."""
-        return (word.lower() in STOPWORDS or content_words(word) <= asked
-                or (self.skip_modifiers and is_modifier(word)))
+        """Words that start no span whatever their score: function words and the question's words (no
+        content word outside ``asked``) and, with ``skip_modifiers``, adverbs and past forms."""
+        return content_words(word) <= asked or (self.skip_modifiers and is_modifier(word))
 
     def token_scores(self, items: list[QAItem]) -> list[TokenScores]:
         """Contrast scores of every answer token of every item (EOS not included)."""

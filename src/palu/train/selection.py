@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,20 @@ def best_epoch(records: list[dict], rule: SelectionRule) -> dict | None:
     return max(candidates, key=lambda r: (sign * r[rule.metric], -r["epoch"]))
 
 
+def epoch_path(run: Path, epoch: int) -> Path:
+    """Where a run keeps its evaluation after ``epoch`` (epoch 0: the starting model)."""
+    return Path(run) / "eval" / f"epoch-{epoch}.json"
+
+
+def share_start(run: Path, start: Path) -> None:
+    """Give ``run`` the evaluation ``start`` of its starting model as epoch 0 unless it has one, so
+    runs from one model on the same sets evaluate that model once between them."""
+    target = epoch_path(run, 0)
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(start, target)
+
+
 class EpochEvaluator:
     """The hook the training loop calls after each epoch: evaluate, record, keep the best model.
 
@@ -76,7 +91,7 @@ class EpochEvaluator:
         results = evaluate_tofu(model, self.tokenizer, self.sets, self.prompt, self.reference,
                                 progress=self.progress, **self.options)
         record = {"epoch": epoch, **summary(results)}
-        write_json(self.run / "eval" / f"epoch-{epoch}.json", {"summary": record, "results": results})
+        write_json(epoch_path(self.run, epoch), {"summary": record, "results": results})
         self.records.append(record)
         return record
 
