@@ -62,6 +62,20 @@ def test_trials_that_lose_utility_are_pruned(demo, tmp_path, monkeypatch):
     assert not (out / "trial-000" / "eval" / "epoch-2.json").exists()  # stopped after the first epoch
 
 
+
+@pytest.mark.parametrize("floor", [0.0, 2.0])
+def test_the_utility_floor_constrains_the_search_and_the_front(demo, tmp_path, floor):
+    import optuna
+
+    out = tmp_path / "f"
+    assert main(sweep_args(demo, out, 3, "prune_below=0", f"unlearn.select.utility_floor={floor}")) == 0
+    study = optuna.load_study(study_name="palu", storage=f"sqlite:///{out / 'study.db'}")
+    start = json.loads((out / "start-eval.json").read_text())["summary"]["retain_Q_A_Prob"]  # no utility sets
+    for t in study.trials:  # the constraint is the floor minus the trial's utility
+        assert t.constraints["utility_floor"] == pytest.approx(floor * start - t.values[1])
+    front = json.loads((out / "pareto.json").read_text())
+    assert len(front) > 0 if floor == 0 else front == []  # no trial keeps twice the start's utility
+
 @pytest.mark.parametrize("utilities, pruned", [
     ([0.9, 0.8, 0.7], False),  # falling, above the floor
     ([0.9, 0.3], False),  # the first epoch's dip alone

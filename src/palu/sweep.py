@@ -8,8 +8,12 @@ utility floor. Pruning is per epoch and domain-specific: from the second epoch o
 once its utility is below ``prune_below`` times the starting model's and no higher than at the
 epoch before. A dip alone is not enough: while the learning rate decays, utility often climbs
 back (on TOFU-mini, PALU went from 0.46 to 0.88 of the start). Optuna's own pruners do not
-support several objectives. The study lives in
-``<output_dir>/study.db``, so an interrupted sweep resumes.
+support several objectives.
+
+The selection rule's utility floor is a constraint of the search (``trial.set_constraint``: the
+floor minus the trial's utility, feasible at zero or below), so the sampler spends its trials where
+utility is kept, and the front holds only trials that keep it; ``unlearn.select.utility_floor=0``
+searches without one. The study lives in ``<output_dir>/study.db``, so an interrupted sweep resumes.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from palu.commands import UnlearnConfig, run_unlearn
 from palu.errors import PaluError
 from palu.io import prepare_output_dir, read_json, write_json
 from palu.runs import save_config
-from palu.train.selection import UTILITY_FALLBACK, best_epoch, epoch_path, share_start
+from palu.train.selection import UTILITY_FALLBACK, best_epoch, epoch_path, share_start, utility_floor
 
 START = "start-eval.json"  # the starting model's evaluation, shared by the trials
 
@@ -105,18 +109,23 @@ def run_sweep(cfg: SweepConfig, overwrite: bool = False, progress: bool = False)
         try:
             run_unlearn(run_cfg, resume=True, progress=progress, stop=lambda records: _prune(records, utility,
                                                                                              cfg.prune_below))
+            pruned = False
         except UtilityCollapsed:
-            raise optuna.TrialPruned() from None
+            pruned = True
         finally:
             if not (out / START).is_file() and epoch_path(run, 0).is_file():
                 shutil.copy(epoch_path(run, 0), out / START)
-        records = [read_json(p)["summary"] for p in sorted((run / "eval").glob("epoch-*.json"))]
-        chosen = best_epoch(records, rule) or max(records, key=lambda r: r["epoch"])
-        trial.set_user_attr("epoch", chosen["epoch"])
-        forget_quality, kept = chosen.get(rule.metric), utility_of(chosen, utility)
+        records = sorted((read_json(p)["summary"] for p in (run / "eval").glob("epoch-*.json")), key=lambda r: r["epoch"])
+        chosen = best_epoch(records, rule) or records[-1]
+        name, floor = utility_floor(records, rule)
+        forget_quality, kept = chosen.get(rule.metric), chosen.get(name)
         if forget_quality is None or kept is None:
             raise PaluError(f"trial {trial.number}: the evaluation gives no {rule.metric} or utility; "
                             "set unlearn.eval.retain_reference.")
+        trial.set_user_attr("epoch", chosen["epoch"])
+        trial.set_constraint("utility_floor", 0.0 if floor is None else floor - kept)
+        if pruned:
+            raise optuna.TrialPruned()
         return forget_quality, kept
 
     remaining = cfg.trials - len([t for t in study.trials if t.state.is_finished()])

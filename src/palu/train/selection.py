@@ -42,11 +42,18 @@ class SelectionRule:
     utility_floor: float = 0.95
 
 
-def best_epoch(records: list[dict], rule: SelectionRule) -> dict | None:
-    """The selected record among ``records`` (per-epoch summaries; epoch 0 is the starting model)."""
+def utility_floor(records: list[dict], rule: SelectionRule) -> tuple[str, float | None]:
+    """The utility metric the rule judges ``records`` by, and the least value an epoch must keep
+    (None without a starting-model record to scale it by)."""
     start = next((r for r in records if r["epoch"] == 0), None)
     utility = rule.utility if start is not None and start.get(rule.utility) is not None else UTILITY_FALLBACK
     floor = rule.utility_floor * start[utility] if start is not None and start.get(utility) is not None else None
+    return utility, floor
+
+
+def best_epoch(records: list[dict], rule: SelectionRule) -> dict | None:
+    """The selected record among ``records`` (per-epoch summaries; epoch 0 is the starting model)."""
+    utility, floor = utility_floor(records, rule)
     candidates = [r for r in records if r["epoch"] > 0 and r.get(rule.metric) is not None
                   and (floor is None or (r.get(utility) is not None and r[utility] >= floor))]
     if not candidates:
