@@ -97,7 +97,7 @@ class Comparison:
     def train(self, folder: Path, method: dict, forget: DataSource, lr: float) -> Path:
         """One unlearning run from the full model, evaluated after every epoch (cached, resumable)."""
         share_start(folder, self.start_record())
-        cfg = UnlearnConfig(model=str(self.p.model("full")), forget=forget, retain=self.p.prepared("retain"),
+        cfg = UnlearnConfig(model=str(self.p.model("full")), forget=forget, retain=self.p.retain_set,
                             method=dict(method), eval=self.epoch_sets(), select=RULE, output_dir=str(folder),
                             train=TrainConfig(epochs=self.epochs, lr=lr, batch_size=8, warmup_epochs=1, max_length=256))
         run_unlearn(cfg, resume=True, progress=False)

@@ -2,16 +2,19 @@
 
 Built only from TOFU's files (``--data``, default ../shared/data/tofu) and palu's own commands:
 
-- ``data/``: full.json and retain95.json without 10 held-out authors (items 3400-3599 of full.json,
-  outside forget10 and retain_perturbed), and those authors as holdout.json. TOFU's own holdout
+- ``data/``: full.json and the split's retain set (retain99, retain95 or retain90 for forget01, 05,
+  10) without 10 held-out authors (items 3400-3599 of full.json, outside forget10 and
+  retain_perturbed), and those authors as holdout.json. TOFU's own holdout
   sets are not among its files here; holding out authors gives the membership-inference metrics
   (privleak) a set no model has seen.
 - ``tokenizer/``: a byte-level BPE (8k) trained on the training texts.
 - ``full/``: a Llama-architecture model (hidden 256, 4 layers) trained from scratch on full (less
   the holdout) plus real_authors and world_facts, so the utility sets measure retained
-  knowledge. Training stops once forget05 answer probability and ROUGE-L recall both reach 0.9.
-- ``retain/``: the same recipe on retain95 (less the holdout) plus the two sets; it stops once it
-  knows its own retain_perturbed items to the same level.
+  knowledge. Training stops once forget05 answer probability and ROUGE-L recall both reach 0.9,
+  whatever the split: every split unlearns from the same full model.
+- ``retain95/`` (``retain99/``, ``retain90/``): the same recipe on the split's retain set (less the
+  holdout) plus the two sets; it stops once it knows its own retain_perturbed items to the same
+  level. It is the model the unlearned one should become.
 - ``compare-<forget>/eval-retain/``: the retain model's evaluation, the reference of forget quality
   and privleak (and the retain row of the comparison).
 
@@ -36,14 +39,15 @@ HOLDOUT = range(3400, 3600)  # authors 171-180 of full.json
 MAX_EPOCHS = 15
 VOCAB = 8000
 EVAL_OPTIONS = dict(batch_size=32, max_new_tokens=128, max_length=256)
+RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 
 
 class Protocol:
     """Paths and cached artefacts of one TOFU-mini working folder."""
 
     def __init__(self, tofu: Path, workdir: Path, forget: str = "forget05"):
-        self.tofu, self.workdir, self.forget = Path(tofu), Path(workdir), forget
-        missing = [name for name in ("full", "retain95", forget, f"{forget}_perturbed", "retain_perturbed",
+        self.tofu, self.workdir, self.forget, self.retain = Path(tofu), Path(workdir), forget, RETAIN[forget]
+        missing = [name for name in ("full", "forget05", self.retain, forget, f"{forget}_perturbed", "retain_perturbed",
                                      "real_authors", "world_facts") if not (self.tofu / f"{name}.json").is_file()]
         if missing:
             raise SystemExit(f"TOFU files missing in {self.tofu}: {', '.join(missing)}.json")
@@ -54,17 +58,23 @@ class Protocol:
     def prepared(self, name: str) -> DataSource:
         return DataSource(str(self.workdir / "data" / f"{name}.json"))
 
+    @property
+    def retain_set(self) -> DataSource:
+        """The split's retain set, less the held-out authors: what unlearning must keep."""
+        return self.prepared(self.retain)
+
     def prepare_data(self) -> None:
-        """full and retain95 without the held-out authors, and those authors as the holdout set."""
+        """full and the split's retain set without the held-out authors, and those authors as the holdout."""
         folder = self.workdir / "data"
-        if (folder / "holdout.json").is_file():
-            return
         full = _rows(self.tofu / "full.json")
         holdout = [full[i] for i in HOLDOUT]
         drop = {row["question"] for row in holdout}
-        write_json(folder / "full.json", [r for r in full if r["question"] not in drop])
-        write_json(folder / "retain.json", [r for r in _rows(self.tofu / "retain95.json") if r["question"] not in drop])
-        write_json(folder / "holdout.json", holdout)
+        if not (folder / "holdout.json").is_file():
+            write_json(folder / "full.json", [r for r in full if r["question"] not in drop])
+            write_json(folder / "holdout.json", holdout)
+        if not (folder / f"{self.retain}.json").is_file():
+            write_json(folder / f"{self.retain}.json",
+                       [r for r in _rows(self.tofu / f"{self.retain}.json") if r["question"] not in drop])
 
     def general(self) -> list[DataSource]:
         return [self.source("real_authors"), self.source("world_facts")]
@@ -103,7 +113,7 @@ class Protocol:
             forget=self.source(f"{self.forget}_perturbed"), retain=self.source("retain_perturbed"),
             real_authors=self.source("real_authors_perturbed"), world_facts=self.source("world_facts_perturbed"),
             holdout=self.prepared("holdout"), retain_reference=str(self.reference) if reference else None,
-            fluency_model=str(self.model("retain")), **EVAL_OPTIONS)
+            fluency_model=str(self.model(self.retain)), **EVAL_OPTIONS)
 
     @property
     def evaluations(self) -> Path:
@@ -118,10 +128,10 @@ class Protocol:
         """Data, tokenizer, both models and the retain model's evaluation (all cached)."""
         self.prepare_data()
         self.train_tokenizer()
-        self.train("full", self.prepared("full"), self.source(self.forget))
-        self.train("retain", self.prepared("retain"), self.source("retain_perturbed", limit=200))
+        self.train("full", self.prepared("full"), self.source("forget05"))
+        self.train(self.retain, self.retain_set, self.source("retain_perturbed", limit=200))
         if not self.reference.is_file():
-            run_eval(self.eval_config(self.model("retain"), self.reference.parent, reference=False), overwrite=True,
+            run_eval(self.eval_config(self.model(self.retain), self.reference.parent, reference=False), overwrite=True,
                      progress=False)
 
 

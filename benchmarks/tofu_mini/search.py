@@ -59,7 +59,7 @@ def grid_points(cmp: Comparison, runs: list[tuple[Path, float]]) -> list[dict]:
 
 def run_search(cmp: Comparison, grid_runs: list[tuple[Path, float]], trials: int) -> dict:
     base = UnlearnConfig(model=str(cmp.p.model("full")), forget=cmp.forget_source("palu (GPT-4o spans)"),
-                         retain=cmp.p.prepared("retain"), method=dict(PALU), eval=cmp.epoch_sets(), select=RULE,
+                         retain=cmp.p.retain_set, method=dict(PALU), eval=cmp.epoch_sets(), select=RULE,
                          train=TrainConfig(epochs=cmp.epochs, batch_size=8, warmup_epochs=1, max_length=256))
     cfg = SweepConfig(unlearn=base, space=SearchSpace(lr=[1e-4, 3e-3]), trials=trials, output_dir=str(cmp.out / "sweep"))
     found = run_sweep(cfg)
