@@ -32,6 +32,8 @@ def dominated(a, b):
 
 
 def test_sweep_finds_a_pareto_front_and_resumes(demo, tmp_path, capsys):
+    import optuna
+
     out = tmp_path / "s"
     assert main(sweep_args(demo, out, 3, "prune_below=0")) == 0
     front = json.loads((out / "pareto.json").read_text())
@@ -46,6 +48,8 @@ def test_sweep_finds_a_pareto_front_and_resumes(demo, tmp_path, capsys):
     assert main(sweep_args(demo, out, 4, "prune_below=0")) == 0  # one more trial, not four
     assert len(list(out.glob("trial-*"))) == 4
     assert json.loads((out / "trial-003" / "eval" / "epoch-0.json").read_text())["summary"]["marker"] == "shared"
+    study = optuna.load_study(study_name="palu", storage=f"sqlite:///{out / 'study.db'}")
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4  # resuming draws no trial twice
 
 
 def test_trials_that_lose_utility_are_pruned(demo, tmp_path, monkeypatch):

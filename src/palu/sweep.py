@@ -90,10 +90,9 @@ def run_sweep(cfg: SweepConfig, overwrite: bool = False, progress: bool = False)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate TPE
     out = prepare_output_dir(cfg.output_dir, overwrite, resume=True)
     save_config(out, cfg)
-    sampler = (optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True) if cfg.sampler == "tpe"
-               else optuna.samplers.NSGAIISampler(seed=cfg.seed))
     study = optuna.create_study(study_name="palu", storage=f"sqlite:///{out / 'study.db'}", load_if_exists=True,
-                                directions=["maximize", "maximize"], sampler=sampler)
+                                directions=["maximize", "maximize"])
+    study.sampler = _sampler(cfg.sampler, cfg.seed + len(study.trials))
     rule, utility = cfg.unlearn.select, cfg.unlearn.select.utility
 
     def objective(trial) -> tuple[float, float]:
@@ -135,6 +134,18 @@ def run_sweep(cfg: SweepConfig, overwrite: bool = False, progress: bool = False)
               "utility": t.values[1], **t.params} for t in sorted(study.best_trials, key=lambda t: -t.values[0])]
     write_json(out / "pareto.json", front)
     return front
+
+
+def _sampler(name: str, seed: int):
+    """The study's sampler, seeded by the sweep's seed plus the trials the study already holds: a
+    resumed sweep stays reproducible, and workers started on one study (one ``palu sweep`` per
+    GPU, same output folder) do not draw the same settings. TPE's constant liar keeps a worker
+    from proposing what another is running."""
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    return optuna.samplers.NSGAIISampler(seed=seed)
 
 
 def start_trial(run: Path, start: Path) -> None:
