@@ -1,6 +1,8 @@
 """`palu sweep` against a grid: does a 30-run multi-objective search find a front at least as good?
 
-The sweep searches lr, alpha, K and N (PALU, GPT-4o spans) for forget quality and model utility.
+The sweep searches lr, alpha, K and N (PALU, GPT-4o spans) for forget quality and model utility,
+with the selection rule's utility floor as a constraint, so its front, like the grid's, holds only
+runs that keep 95% of the full model's utility.
 The grid is every PALU run the other stages made (the comparison's learning rates and the K x N
 cells), each reduced to its selected epoch. Both fronts are compared point by point (is each grid
 point matched or beaten on both objectives by a sweep point?) and by their hypervolume above the
@@ -57,12 +59,13 @@ def grid_points(cmp: Comparison, runs: list[tuple[Path, float]]) -> list[dict]:
     return points
 
 
-def run_search(cmp: Comparison, grid_runs: list[tuple[Path, float]], trials: int) -> dict:
+def run_search(cmp: Comparison, grid_runs: list[tuple[Path, float]], budget: int) -> dict:
     base = UnlearnConfig(model=str(cmp.p.model("full")), forget=cmp.forget_source("palu (GPT-4o spans)"),
                          retain=cmp.p.retain_set, method=dict(PALU), eval=cmp.epoch_sets(), select=RULE,
                          train=TrainConfig(epochs=cmp.epochs, batch_size=8, warmup_epochs=1, max_length=256))
-    cfg = SweepConfig(unlearn=base, space=SearchSpace(lr=[1e-4, 3e-3]), trials=trials, output_dir=str(cmp.out / "sweep"))
+    cfg = SweepConfig(unlearn=base, space=SearchSpace(lr=[1e-4, 3e-3]), trials=budget, output_dir=str(cmp.out / "sweep"))
     found = run_sweep(cfg)
+    trials = trial_counts(Path(cfg.output_dir))
     grid = pareto(grid_points(cmp, grid_runs))
     floor = RULE.utility_floor * read_json(cmp.start_record())["summary"]["model_utility"]
     matched = [g for g in grid if any(dominates(s, g) or same(s, g) for s in found)]
@@ -70,3 +73,14 @@ def run_search(cmp: Comparison, grid_runs: list[tuple[Path, float]], trials: int
             "grid_points_matched": len(matched), "hypervolume": {"sweep": hypervolume(found, floor),
                                                                   "grid": hypervolume(grid, floor)}}
 
+
+
+def trial_counts(sweep: Path) -> dict:
+    """How the study's trials ended: finished, pruned, and finished keeping the utility floor."""
+    import optuna
+
+    study = optuna.load_study(study_name="palu", storage=f"sqlite:///{sweep / 'study.db'}")
+    done = [t for t in study.trials if t.state.is_finished()]
+    return {"run": len(done), "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in done),
+            "kept_floor": sum(t.state == optuna.trial.TrialState.COMPLETE and t.constraints.get("utility_floor", 0) <= 0
+                              for t in done)}
