@@ -67,6 +67,23 @@ def test_trials_that_lose_utility_are_pruned(demo, tmp_path, monkeypatch):
 
 
 
+
+def test_a_worker_stops_when_the_shared_study_is_full(demo, tmp_path, monkeypatch):
+    import optuna
+
+    import palu.sweep
+
+    out, real = tmp_path / "w", palu.sweep.run_unlearn
+
+    def with_another_worker(cfg, **kwargs):  # another worker finishes a trial while this one runs
+        real(cfg, **kwargs)
+        study = optuna.load_study(study_name="palu", storage=f"sqlite:///{out / 'study.db'}")
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
+
+    monkeypatch.setattr(palu.sweep, "run_unlearn", with_another_worker)
+    assert main(sweep_args(demo, out, 3, "prune_below=0")) == 0
+    assert sorted(p.name for p in out.glob("trial-*")) == ["trial-000", "trial-002"]  # 2 here + 2 there >= 3
+
 @pytest.mark.parametrize("floor", [0.0, 2.0])
 def test_the_utility_floor_constrains_the_search_and_the_front(demo, tmp_path, floor):
     import optuna

@@ -13,7 +13,9 @@ support several objectives.
 The selection rule's utility floor is a constraint of the search (``trial.set_constraint``: the
 floor minus the trial's utility, feasible at zero or below), so the sampler spends its trials where
 utility is kept, and the front holds only trials that keep it; ``unlearn.select.utility_floor=0``
-searches without one. The study lives in ``<output_dir>/study.db``, so an interrupted sweep resumes.
+searches without one. The study lives in ``<output_dir>/study.db``, so an interrupted sweep resumes,
+and several workers (the same command started once per GPU) share one study: they draw different
+settings and stop once the study holds ``trials`` finished trials (each may finish the one it runs).
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ def utility_of(record: dict, name: str) -> float | None:
 def run_sweep(cfg: SweepConfig, overwrite: bool = False, progress: bool = False) -> list[dict]:
     """Run (or resume) the study; returns the Pareto-optimal trials, also written to ``pareto.json``."""
     import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate TPE
     out = prepare_output_dir(cfg.output_dir, overwrite, resume=True)
@@ -128,8 +132,9 @@ def run_sweep(cfg: SweepConfig, overwrite: bool = False, progress: bool = False)
         return forget_quality, kept
 
     remaining = cfg.trials - len([t for t in study.trials if t.state.is_finished()])
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, catch=())
+    if remaining > 0:  # other workers on the same study count too: stop once the study holds enough trials
+        done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        study.optimize(objective, n_trials=remaining, catch=(), callbacks=[MaxTrialsCallback(cfg.trials, states=done)])
     front = [{"trial": t.number, "epoch": t.user_attrs.get("epoch"), "forget_quality": t.values[0],
               "utility": t.values[1], **t.params} for t in sorted(study.best_trials, key=lambda t: -t.values[0])]
     write_json(out / "pareto.json", front)
