@@ -52,20 +52,23 @@ def test_sweep_finds_a_pareto_front_and_resumes(demo, tmp_path, capsys):
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4  # resuming draws no trial twice
 
 
-def test_trials_that_lose_utility_are_pruned(demo, tmp_path, monkeypatch):
+@pytest.mark.parametrize("floor", [0.0, 2.0])
+def test_trials_that_lose_utility_stop_and_count_only_with_a_kept_epoch(demo, tmp_path, monkeypatch, floor):
     import optuna
 
     import palu.sweep
 
     out = tmp_path / "p"
     monkeypatch.setattr(palu.sweep, "collapsed", lambda *_: True)  # the rule itself is tested below
-    assert main(sweep_args(demo, out, 2)) == 0
-    study = optuna.load_study(study_name="palu", storage=f"sqlite:///{out / 'study.db'}")
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
-    assert json.loads((out / "pareto.json").read_text()) == []
+    assert main(sweep_args(demo, out, 2, f"unlearn.select.utility_floor={floor}")) == 0
     assert not (out / "trial-000" / "eval" / "epoch-2.json").exists()  # stopped after the first epoch
-
-
+    study = optuna.load_study(study_name="palu", storage=f"sqlite:///{out / 'study.db'}")
+    assert all(t.user_attrs["stopped_after"] == 1 for t in study.trials)
+    front = json.loads((out / "pareto.json").read_text())
+    if floor == 0:  # epoch 1 kept the floor: the trial counts with it
+        assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2 and front
+    else:
+        assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2 and front == []
 
 
 def test_a_worker_stops_when_the_shared_study_is_full(demo, tmp_path, monkeypatch):

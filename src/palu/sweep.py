@@ -7,8 +7,9 @@ selection rule (:mod:`palu.train.selection`), or of its last epoch when no epoch
 utility floor. Pruning is per epoch and domain-specific: from the second epoch on, a trial stops
 once its utility is below ``prune_below`` times the starting model's and no higher than at the
 epoch before. A dip alone is not enough: while the learning rate decays, utility often climbs
-back (on TOFU-mini, PALU went from 0.46 to 0.88 of the start). Optuna's own pruners do not
-support several objectives.
+back (on TOFU-mini, PALU went from 0.46 to 0.88 of the start). A stopped trial that kept the floor
+at an earlier epoch still counts, with that epoch; one that never did is pruned. Optuna's own
+pruners do not support several objectives.
 
 The selection rule's utility floor is a constraint of the search (``trial.set_constraint``: the
 floor minus the trial's utility, feasible at zero or below), so the sampler spends its trials where
@@ -119,17 +120,20 @@ def run_sweep(cfg: SweepConfig, overwrite: bool = False, progress: bool = False)
             if not (out / START).is_file() and epoch_path(run, 0).is_file():
                 shutil.copy(epoch_path(run, 0), out / START)
         records = sorted((read_json(p)["summary"] for p in (run / "eval").glob("epoch-*.json")), key=lambda r: r["epoch"])
-        chosen = best_epoch(records, rule) or records[-1]
+        kept = best_epoch(records, rule)
+        chosen = kept or records[-1]
         name, floor = utility_floor(records, rule)
-        forget_quality, kept = chosen.get(rule.metric), chosen.get(name)
-        if forget_quality is None or kept is None:
+        forget_quality, kept_utility = chosen.get(rule.metric), chosen.get(name)
+        if forget_quality is None or kept_utility is None:
             raise PaluError(f"trial {trial.number}: the evaluation gives no {rule.metric} or utility; "
                             "set unlearn.eval.retain_reference.")
         trial.set_user_attr("epoch", chosen["epoch"])
-        trial.set_constraint("utility_floor", 0.0 if floor is None else floor - kept)
+        trial.set_constraint("utility_floor", 0.0 if floor is None else floor - kept_utility)
         if pruned:
-            raise optuna.TrialPruned()
-        return forget_quality, kept
+            trial.set_user_attr("stopped_after", records[-1]["epoch"])
+            if kept is None:
+                raise optuna.TrialPruned()
+        return forget_quality, kept_utility
 
     remaining = cfg.trials - len([t for t in study.trials if t.state.is_finished()])
     if remaining > 0:  # other workers on the same study count too: stop once the study holds enough trials
