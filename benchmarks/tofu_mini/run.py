@@ -93,8 +93,11 @@ def main() -> None:
 
 
 def header(args, protocol: Protocol) -> str:
-    return (f"# TOFU-mini ({args.forget})\n\nCommand: `python benchmarks/tofu_mini/run.py --stages {args.stages} "
-            f"--budget {args.budget} --epochs {args.epochs}`\n\nMachine: {platform.machine()}, "
+    results = args.results.resolve()
+    shown = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
+    return (f"# TOFU-mini ({args.forget})\n\nCommand: `python benchmarks/tofu_mini/run.py --forget {args.forget} "
+            f"--stages {args.stages} --budget {args.budget} --epochs {args.epochs} --results {shown}`\n\n"
+            f"Machine: {platform.machine()}, "
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}. Date: {date.today()}. "
             f"Models and runs: {protocol.workdir}. What the tables show: `benchmarks/tofu_mini/README.md`, Findings.")
 
