@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import optuna
 import pytest
 from test_cli import TINY
 
+import palu.sweep
 from palu.cli import main
 from palu.config import load_config
 from palu.errors import PaluError
@@ -32,8 +34,6 @@ def dominated(a, b):
 
 
 def test_sweep_finds_a_pareto_front_and_resumes(demo, tmp_path, capsys):
-    import optuna
-
     out = tmp_path / "s"
     assert main(sweep_args(demo, out, 3, "prune_below=0")) == 0
     front = json.loads((out / "pareto.json").read_text())
@@ -54,10 +54,6 @@ def test_sweep_finds_a_pareto_front_and_resumes(demo, tmp_path, capsys):
 
 @pytest.mark.parametrize("floor", [0.0, 2.0])
 def test_trials_that_lose_utility_stop_and_count_only_with_a_kept_epoch(demo, tmp_path, monkeypatch, floor):
-    import optuna
-
-    import palu.sweep
-
     out = tmp_path / "p"
     monkeypatch.setattr(palu.sweep, "collapsed", lambda *_: True)  # the rule itself is tested below
     assert main(sweep_args(demo, out, 2, f"unlearn.select.utility_floor={floor}")) == 0
@@ -72,10 +68,6 @@ def test_trials_that_lose_utility_stop_and_count_only_with_a_kept_epoch(demo, tm
 
 
 def test_a_worker_stops_when_the_shared_study_is_full(demo, tmp_path, monkeypatch):
-    import optuna
-
-    import palu.sweep
-
     out, real = tmp_path / "w", palu.sweep.run_unlearn
 
     def with_another_worker(cfg, **kwargs):  # another worker finishes a trial while this one runs
@@ -87,10 +79,9 @@ def test_a_worker_stops_when_the_shared_study_is_full(demo, tmp_path, monkeypatc
     assert main(sweep_args(demo, out, 3, "prune_below=0")) == 0
     assert sorted(p.name for p in out.glob("trial-*")) == ["trial-000", "trial-002"]  # 2 here + 2 there >= 3
 
+
 @pytest.mark.parametrize("floor", [0.0, 2.0])
 def test_the_utility_floor_constrains_the_search_and_the_front(demo, tmp_path, floor):
-    import optuna
-
     out = tmp_path / "f"
     assert main(sweep_args(demo, out, 3, "prune_below=0", f"unlearn.select.utility_floor={floor}")) == 0
     study = optuna.load_study(study_name="palu", storage=f"sqlite:///{out / 'study.db'}")
@@ -99,6 +90,7 @@ def test_the_utility_floor_constrains_the_search_and_the_front(demo, tmp_path, f
         assert t.constraints["utility_floor"] == pytest.approx(floor * start - t.values[1])
     front = json.loads((out / "pareto.json").read_text())
     assert len(front) > 0 if floor == 0 else front == []  # no trial keeps twice the start's utility
+
 
 @pytest.mark.parametrize("utilities, pruned", [
     ([0.9, 0.8, 0.7], False),  # falling, above the floor

@@ -47,8 +47,9 @@ class Protocol:
 
     def __init__(self, tofu: Path, workdir: Path, forget: str = "forget05"):
         self.tofu, self.workdir, self.forget, self.retain = Path(tofu), Path(workdir), forget, RETAIN[forget]
-        missing = [name for name in ("full", "forget05", self.retain, forget, f"{forget}_perturbed", "retain_perturbed",
-                                     "real_authors", "world_facts") if not (self.tofu / f"{name}.json").is_file()]
+        needed = dict.fromkeys(("full", "forget05", self.retain, forget, f"{forget}_perturbed", "retain_perturbed",
+                                "real_authors", "world_facts"))
+        missing = [name for name in needed if not (self.tofu / f"{name}.json").is_file()]
         if missing:
             raise SystemExit(f"TOFU files missing in {self.tofu}: {', '.join(missing)}.json")
 
@@ -65,16 +66,17 @@ class Protocol:
 
     def prepare_data(self) -> None:
         """full and the split's retain set without the held-out authors, and those authors as the holdout."""
-        folder = self.workdir / "data"
+        folder, retain = self.workdir / "data", self.workdir / "data" / f"{self.retain}.json"
+        if (folder / "holdout.json").is_file() and retain.is_file():
+            return
         full = _rows(self.tofu / "full.json")
         holdout = [full[i] for i in HOLDOUT]
         drop = {row["question"] for row in holdout}
         if not (folder / "holdout.json").is_file():
             write_json(folder / "full.json", [r for r in full if r["question"] not in drop])
             write_json(folder / "holdout.json", holdout)
-        if not (folder / f"{self.retain}.json").is_file():
-            write_json(folder / f"{self.retain}.json",
-                       [r for r in _rows(self.tofu / f"{self.retain}.json") if r["question"] not in drop])
+        if not retain.is_file():
+            write_json(retain, [r for r in _rows(self.tofu / f"{self.retain}.json") if r["question"] not in drop])
 
     def general(self) -> list[DataSource]:
         return [self.source("real_authors"), self.source("world_facts")]

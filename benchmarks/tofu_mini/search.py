@@ -74,7 +74,6 @@ def run_search(cmp: Comparison, grid_runs: list[tuple[Path, float]], budget: int
                                                                   "grid": hypervolume(grid, floor)}}
 
 
-
 def trial_counts(sweep: Path) -> dict:
     """How the study's trials ended: finished, pruned, and finished keeping the utility floor."""
     import optuna
