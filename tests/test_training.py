@@ -11,7 +11,7 @@ from palu.data.prompts import PromptConfig
 from palu.data.sources import SyntheticConfig, synthetic
 from palu.data.synthetic import synthetic_splits
 from palu.errors import PaluError
-from palu.io import prepare_output_dir
+from palu.runs import Reuse, run_folder
 from palu.methods.palu import PaluConfig
 from palu.models import tiny_llama, train_bpe_tokenizer
 from palu.commands import FinetuneConfig, ScratchConfig, run_finetune
@@ -145,13 +145,14 @@ def test_gradient_accumulation_matches_a_larger_batch(data, tmp_path):
 
 
 def test_output_folder_is_never_overwritten_silently(tmp_path):
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "keep.txt").write_text("x")
-    with pytest.raises(PaluError, match="--overwrite"):
-        prepare_output_dir(tmp_path / "run")
-    assert prepare_output_dir(tmp_path / "run", resume=True).joinpath("keep.txt").exists()
-    prepare_output_dir(tmp_path / "run", overwrite=True)
-    assert not (tmp_path / "run" / "keep.txt").exists()
+    with run_folder(tmp_path / "run", "finetune") as run:
+        (run / "keep.txt").write_text("x")
+    with pytest.raises(PaluError, match="--overwrite"), run_folder(tmp_path / "run", "finetune"):
+        pass
+    with run_folder(tmp_path / "run", "finetune", reuse=Reuse(resume=True)) as run:
+        assert (run / "keep.txt").exists()
+    with run_folder(tmp_path / "run", "finetune", reuse=Reuse(overwrite=True)) as run:
+        assert not (run / "keep.txt").exists()
 
 
 def test_unlearn_command_refuses_missing_model_and_unknown_method(tmp_path):

@@ -1,7 +1,8 @@
 """The `palu` command: demo, finetune, unlearn, eval, annotate, attack, report, sweep.
 
 Each takes ``--config FILE.yaml`` plus ``key=value`` overrides (``train.lr=1e-5``, ``method=palu``)
-and prints where its outputs went. Errors in the input are printed as one message, not a trace.
+and prints where its outputs went. Errors in the input, the files or the machine (a full disk) are
+printed as one line, not a traceback (``--debug`` shows it).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from palu.errors import PaluError
+from palu.errors import PaluError, explain
 
 
 def default_threads() -> int:
@@ -44,6 +45,12 @@ def parser() -> argparse.ArgumentParser:
             c.add_argument("--show", action="store_true", help="print the answers with their spans highlighted")
         elif name not in ("eval", "attack", "sweep"):
             c.add_argument("--resume", action="store_true", help="continue an interrupted run in its output folder")
+        if name in ("demo", "finetune", "unlearn", "sweep"):
+            c.add_argument("--allow-config-change", action="store_true",
+                           help="continue a run under options other than those it was started with "
+                                "(refused by default)")
+        c.add_argument("--trust-remote-code", action="store_true",
+                       help="let a model folder or hub repository run its own Python code (off by default)")
         if name == "eval":
             c.add_argument("--from-open-unlearning", metavar="EVAL.json",
                            help="no model: recompute the aggregates of an open-unlearning TOFU_EVAL.json with "
@@ -53,10 +60,13 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("--threads", type=int, default=None,
                        help=f"CPU threads for torch (default: PALU_THREADS or {default_threads()})")
         c.add_argument("--quiet", action="store_true", help="no progress bars")
+        c.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     text = "write one self-contained HTML report (and a Markdown table) of demo, run or evaluation folders"
     c = sub.add_parser("report", help=text, description=text)
     c.add_argument("paths", nargs="+", metavar="RUN_DIR", help="a demo folder, unlearning runs or evaluations")
     c.add_argument("--out", metavar="FILE.html", help="where to write (default: RUN_DIR/report.html)")
+    c.add_argument("--overwrite", action="store_true", help="replace existing files that palu report did not write")
+    c.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return p
 
 
@@ -64,11 +74,14 @@ def setup(args) -> None:
     import torch
     import transformers
 
+    from palu.models import trust_remote_code
+
     threads = getattr(args, "threads", None)
     threads = threads if threads is not None else int(os.environ.get("PALU_THREADS", default_threads()))
     if threads < 1:
         raise PaluError(f"--threads must be at least 1, not {threads}.")
     torch.set_num_threads(threads)
+    trust_remote_code(getattr(args, "trust_remote_code", False))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("palu").setLevel(logging.INFO)
     transformers.utils.logging.set_verbosity_error()
@@ -85,16 +98,19 @@ def run(args) -> str:
     if args.command == "report":
         from palu.report import run_report
 
-        return run_report([Path(p) for p in args.paths], Path(args.out) if args.out else None)
+        return run_report([Path(p) for p in args.paths], Path(args.out) if args.out else None, args.overwrite)
     progress = not args.quiet
     resume = getattr(args, "resume", False)
+    changes = {"allow_config_change": getattr(args, "allow_config_change", False)}
+    if changes["allow_config_change"] and not resume and args.command != "sweep":
+        raise PaluError("--allow-config-change goes with --resume.")
     if args.command == "demo":
         cfg = load_config(DemoConfig, args.config, args.overrides)
-        table = run_demo(cfg, args.overwrite, resume, progress, args.compare)
+        table = run_demo(cfg, args.overwrite, resume, progress, args.compare, **changes)
         return f"{render_table(table)}\n\nall outputs in {Path(cfg.output_dir).resolve()}"
     if args.command == "finetune":
         cfg = load_config(commands.FinetuneConfig, args.config, args.overrides)
-        return f"model saved to {commands.run_finetune(cfg, args.overwrite, resume, progress).resolve()}"
+        return f"model saved to {commands.run_finetune(cfg, args.overwrite, resume, progress, **changes).resolve()}"
     if args.command == "annotate":
         from palu.annotate.command import AnnotateConfig, run_annotate
 
@@ -110,11 +126,11 @@ def run(args) -> str:
         from palu.sweep import SweepConfig, pareto_table, run_sweep
 
         cfg = load_config(SweepConfig, args.config, args.overrides)
-        front = run_sweep(cfg, args.overwrite, progress)
+        front = run_sweep(cfg, args.overwrite, progress, **changes)
         return f"{pareto_table(front)}\n\nthe study and every trial are in {Path(cfg.output_dir).resolve()}"
     if args.command == "unlearn":
         cfg = load_config(commands.UnlearnConfig, args.config, args.overrides)
-        return f"unlearned model saved to {commands.run_unlearn(cfg, args.overwrite, resume, progress).resolve()}"
+        return f"unlearned model saved to {commands.run_unlearn(cfg, args.overwrite, resume, progress, **changes).resolve()}"
     if args.from_open_unlearning or args.retain_log:
         from palu.eval.open_unlearning import recompute_files
 
@@ -148,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         setup(args)
         print(run(args))
-    except PaluError as exc:
-        print(f"palu {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # a user's error is one line; a bug keeps its traceback
+        error = explain(exc)
+        if error is None or args.debug:
+            raise
+        print(f"palu {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"palu {args.command}: interrupted; run it again with --resume to continue.", file=sys.stderr)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from palu.adapters import AdapterConfig, add_adapter, for_saving
-from palu.config import build
+from palu.config import build, require
 from palu.data.loaders import DataSource
 from palu.data.prompts import PromptConfig
 from palu.data.qa import QAItem
@@ -15,10 +15,10 @@ from palu.data.sources import SyntheticConfig, load_items, synthetic
 from palu.errors import PaluError
 from palu.eval.core import summary
 from palu.eval.tofu import SETS, evaluate_tofu
-from palu.io import prepare_output_dir, read_json, write_json
+from palu.io import read_json, write_json
 from palu.methods import get_method
 from palu.models import load_model, load_tokenizer, require_model, tiny_llama, train_bpe_tokenizer
-from palu.runs import MODEL_DIR, finish, is_finished, save_config
+from palu.runs import MODEL_DIR, Reuse, finish, is_finished, run_folder
 from palu.train.finetune import EarlyStop, StopWhenKnown, finetune
 from palu.train.loop import TrainConfig
 from palu.train.selection import EpochEvaluator, SelectionRule
@@ -37,6 +37,12 @@ class ScratchConfig:
     heads: int = 4
     vocab_size: int = 8000
     max_positions: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "layers", "heads", "max_positions"):
+            require(getattr(self, name) >= 1, f"scratch.{name}", "at least 1", getattr(self, name))
+        require(self.hidden % self.heads == 0, "scratch.hidden", f"a multiple of scratch.heads ({self.heads})",
+                self.hidden)
 
 
 def scratch_train() -> TrainConfig:
@@ -158,26 +164,29 @@ def qa_texts(items: list[QAItem]) -> list[str]:
     return [t for t in texts if t]
 
 
-def run_finetune(cfg: FinetuneConfig, overwrite: bool = False, resume: bool = False, progress: bool = True) -> Path:
+def run_finetune(cfg: FinetuneConfig, overwrite: bool = False, resume: bool = False, progress: bool = True,
+                 allow_config_change: bool = False) -> Path:
     """Fine-tune and save; returns the saved model folder."""
-    out = prepare_output_dir(cfg.output_dir, overwrite, resume)
-    if is_finished(out):
-        log.info("%s is already finished", out)
-        return out / MODEL_DIR
-    items = [it for source in cfg.data for it in load_items(source, cfg.synthetic)]
-    if cfg.model == SCRATCH:
-        tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else train_bpe_tokenizer(qa_texts(items), cfg.scratch.vocab_size)
-        s = cfg.scratch
-        model = tiny_llama(len(tok), s.hidden, s.layers, s.heads, s.max_positions, tokenizer=tok, seed=cfg.train.seed)
-    else:
-        model, tok = load_configured(cfg)
-    save_config(out, cfg)
-    stop = None
-    if cfg.early_stop is not None:
-        stop = StopWhenKnown(cfg.early_stop, load_items(cfg.early_stop.data, cfg.synthetic), tok, cfg.prompt,
-                             cfg.train.max_length)
-    history = finetune(model, tok, items, cfg.train, cfg.prompt, out, resume, on_epoch_end=stop, progress=progress)
-    return finish(out, model, tok, history)
+    with run_folder(cfg.output_dir, "finetune", cfg, Reuse(overwrite, resume, allow_config_change)) as out:
+        if is_finished(out):
+            log.info("%s is already finished", out)
+            return out / MODEL_DIR
+        items = [it for source in cfg.data for it in load_items(source, cfg.synthetic)]
+        if cfg.model == SCRATCH:
+            tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else train_bpe_tokenizer(qa_texts(items),
+                                                                                          cfg.scratch.vocab_size)
+            s = cfg.scratch
+            model = tiny_llama(len(tok), s.hidden, s.layers, s.heads, s.max_positions, tokenizer=tok,
+                               seed=cfg.train.seed)
+        else:
+            model, tok = load_configured(cfg)
+        stop = None
+        if cfg.early_stop is not None:
+            stop = StopWhenKnown(cfg.early_stop, load_items(cfg.early_stop.data, cfg.synthetic), tok, cfg.prompt,
+                                 cfg.train.max_length)
+        history = finetune(model, tok, items, cfg.train, cfg.prompt, out, resume, on_epoch_end=stop,
+                           progress=progress)
+        return finish(out, model, tok, history)
 
 
 def method_config(options: dict):
@@ -188,31 +197,30 @@ def method_config(options: dict):
 
 
 def run_unlearn(cfg: UnlearnConfig, overwrite: bool = False, resume: bool = False, progress: bool = True,
-                stop=None) -> Path:
+                stop=None, allow_config_change: bool = False) -> Path:
     """Unlearn and save; returns the saved model folder. ``stop`` sees the per-epoch evaluations
     (with ``cfg.eval``) and may raise to end the run early."""
     require_model(cfg)
     name, mcfg = method_config(cfg.method)
-    out = prepare_output_dir(cfg.output_dir, overwrite, resume)
-    if is_finished(out):
-        log.info("%s is already finished", out)
-        return out / MODEL_DIR
-    forget, retain = load_items(cfg.forget, cfg.synthetic), load_items(cfg.retain, cfg.synthetic)
-    model, tok = load_configured(cfg)
-    if cfg.peft is not None:
-        model = add_adapter(model, cfg.peft)
-    save_config(out, cfg)
-    evaluator = None
-    if cfg.eval is not None:
-        reference = read_json(cfg.eval.retain_reference) if cfg.eval.retain_reference else None
-        evaluator = EpochEvaluator(tok, eval_sets(cfg.eval, cfg.synthetic), cfg.prompt, reference, out, cfg.select,
-                                   stop=stop, **cfg.eval.options())
-        evaluator.evaluate(0, model)
-    history = unlearn(model, tok, forget, retain, name, mcfg, cfg.train, cfg.prompt, out, resume,
-                      on_epoch_end=evaluator, progress=progress)
-    if evaluator is not None:
-        history = [evaluator.records[0], *history]
-    return finish(out, for_saving(model, cfg.peft), tok, history)
+    with run_folder(cfg.output_dir, "unlearn", cfg, Reuse(overwrite, resume, allow_config_change)) as out:
+        if is_finished(out):
+            log.info("%s is already finished", out)
+            return out / MODEL_DIR
+        forget, retain = load_items(cfg.forget, cfg.synthetic), load_items(cfg.retain, cfg.synthetic)
+        model, tok = load_configured(cfg)
+        if cfg.peft is not None:
+            model = add_adapter(model, cfg.peft)
+        evaluator = None
+        if cfg.eval is not None:
+            reference = read_json(cfg.eval.retain_reference) if cfg.eval.retain_reference else None
+            evaluator = EpochEvaluator(tok, eval_sets(cfg.eval, cfg.synthetic), cfg.prompt, reference, out,
+                                       cfg.select, stop=stop, **cfg.eval.options())
+            evaluator.evaluate(0, model)
+        history = unlearn(model, tok, forget, retain, name, mcfg, cfg.train, cfg.prompt, out, resume,
+                          on_epoch_end=evaluator, progress=progress)
+        if evaluator is not None:
+            history = [evaluator.records[0], *history]
+        return finish(out, for_saving(model, cfg.peft), tok, history)
 
 
 def eval_sets(cfg: EvalSets, synthetic_cfg: SyntheticConfig) -> dict[str, list[QAItem]]:
@@ -231,14 +239,13 @@ def eval_sets(cfg: EvalSets, synthetic_cfg: SyntheticConfig) -> dict[str, list[Q
 def run_eval(cfg: EvalConfig, overwrite: bool = False, progress: bool = True) -> dict:
     """Evaluate, write ``results.json`` (per item) and ``summary.json``; returns the results."""
     require_model(cfg)
-    out = prepare_output_dir(cfg.output_dir, overwrite)
-    reference = read_json(cfg.retain_reference) if cfg.retain_reference else None
-    sets = eval_sets(cfg, cfg.synthetic)
-    model, tok = load_configured(cfg)
-    save_config(out, cfg)
-    scorer = load_model(cfg.fluency_model) if cfg.fluency_model else None
-    results = evaluate_tofu(model, tok, sets, cfg.prompt, reference, progress=progress, fluency_model=scorer,
-                            **cfg.options())
-    write_json(out / "results.json", results)
-    write_json(out / "summary.json", summary(results))
-    return results
+    with run_folder(cfg.output_dir, "eval", cfg, Reuse(overwrite)) as out:
+        reference = read_json(cfg.retain_reference) if cfg.retain_reference else None
+        sets = eval_sets(cfg, cfg.synthetic)
+        model, tok = load_configured(cfg)
+        scorer = load_model(cfg.fluency_model) if cfg.fluency_model else None
+        results = evaluate_tofu(model, tok, sets, cfg.prompt, reference, progress=progress, fluency_model=scorer,
+                                **cfg.options())
+        write_json(out / "results.json", results)
+        write_json(out / "summary.json", summary(results))
+        return results

@@ -7,6 +7,7 @@ unknown key is an error that lists the valid ones. The resolved config is saved 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -15,6 +16,13 @@ from typing import Any
 import yaml
 
 from palu.errors import PaluError
+from palu.io import read_text
+
+
+def require(ok: bool, option: str, rule: str, value) -> None:
+    """Refuse an option's value outside its allowed range, in the one wording every option uses."""
+    if not ok:
+        raise PaluError(f"{option} must be {rule}, not {value!r}.")
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -24,7 +32,11 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise PaluError(f"cannot read the override {pair!r}; write it as key=value (e.g. train.lr=1e-5).")
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            raise PaluError(f"cannot read the value of the override {pair!r} ({getattr(exc, 'problem', None) or exc}); "
+                            "quote it, or write lists as [a, b] and sections as {key: value}.") from None
         node = out
         *parents, leaf = key.split(".")
         for part in parents:
@@ -51,9 +63,7 @@ def merge(base: dict, extra: dict) -> dict:
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise PaluError(f"{path}: no such config file.") from None
+        data = yaml.safe_load(read_text(path, "config file")) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -127,8 +137,10 @@ def _convert(hint, value, where: str):
     if hint in (int, float):
         try:
             number = hint(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise PaluError(f"{where} must be a number, not {value!r}.") from None
+        if not math.isfinite(number):
+            raise PaluError(f"{where} must be a finite number, not {value!r}.")
         if hint is int and number != float(value):
             raise PaluError(f"{where} must be a whole number, not {value!r}.")
         return number

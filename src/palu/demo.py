@@ -8,6 +8,7 @@ Every stage is a run folder of its own, so an interrupted demo resumes where it 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from palu.adapters import AdapterConfig
 from palu.commands import (
@@ -18,10 +19,10 @@ from palu.data.prompts import PromptConfig
 from palu.data.sources import SyntheticConfig, synthetic
 from palu.data.synthetic import synthetic_splits
 from palu.eval.core import format_value
-from palu.io import prepare_output_dir, read_json, write_json
+from palu.io import read_json, write_json
 from palu.methods import METHODS
 from palu.models import train_bpe_tokenizer
-from palu.runs import save_config
+from palu.runs import Reuse, run_folder
 from palu.train.loop import TrainConfig
 
 COLUMNS = [  # (metric key, column title)
@@ -74,14 +75,17 @@ def compared_methods(cfg: DemoConfig, compare: bool) -> dict[str, dict]:
 
 
 def run_demo(cfg: DemoConfig, overwrite: bool = False, resume: bool = False, progress: bool = True,
-             compare: bool = False) -> dict:
+             compare: bool = False, allow_config_change: bool = False) -> dict:
     """Run every stage (skipping finished ones) and return {model: {metric: value}}.
 
     With ``compare``, every registered method unlearns the same full model with the same
     training settings, one row each.
     """
-    out = prepare_output_dir(cfg.output_dir, overwrite, resume)
-    save_config(out, cfg)
+    with run_folder(cfg.output_dir, "demo", cfg, Reuse(overwrite, resume, allow_config_change)) as out:
+        return _stages(cfg, out, progress, compare)
+
+
+def _stages(cfg: DemoConfig, out: Path, progress: bool, compare: bool) -> dict:
     tok_dir = out / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
         s = cfg.synthetic

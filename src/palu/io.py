@@ -1,25 +1,49 @@
-"""Files that are never half-written and output folders that are never silently overwritten."""
+"""Files that are never half-written, and reading that names the file and line of whatever is wrong."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
-from palu.errors import PaluError
+from palu.errors import PaluError, os_error
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A UTF-8 text file (a leading byte-order mark is accepted: it is valid UTF-8), with errors that
+    name the file (and line, for bad bytes) and say what to do."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PaluError(f"{path}: no such {what}.") from None
+    except IsADirectoryError:
+        raise PaluError(f"{path} is a folder; give the path of a {what}.") from None
+    except OSError as e:
+        raise PaluError(f"{path}: cannot read it ({e.strerror or e}); check the path and its permissions.") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise PaluError(f"{path}:{line}: not UTF-8 text; re-save the {what} as UTF-8.") from None
 
 
 def write_text(path: str | Path, text: str) -> Path:
     """Write a text file atomically: a temporary file in the same folder, then a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    parent_ready(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise os_error(e, path) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise os_error(e, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -31,25 +55,24 @@ def write_json(path: str | Path, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
 
 
-def read_json(path: str | Path):
+def read_json(path: str | Path, what: str = "JSON file"):
     path = Path(path)
+    text = read_text(path, what)
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PaluError(f"{path}: no such file.") from None
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise PaluError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}).") from None
 
 
-def prepare_output_dir(path: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Create an output folder; refuse a non-empty one unless resuming or ``overwrite`` is set."""
-    path = Path(path)
-    if path.exists() and any(path.iterdir()) and not resume:
-        if not overwrite:
-            raise PaluError(f"{path} exists and is not empty; pass --overwrite to replace it or --resume to continue it.")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def parent_ready(path: Path) -> None:
+    """Create ``path``'s parent folders, or say plainly why they cannot be (a file in the way, ...)."""
+    for ancestor in reversed(path.parents):
+        if ancestor.exists() and not ancestor.is_dir():
+            raise PaluError(f"{path}: {ancestor} is a file, not a folder; choose another path.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise os_error(e, path.parent) from None
 
 
 def _jsonable(obj):

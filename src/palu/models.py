@@ -6,6 +6,7 @@ lets the whole TOFU protocol run offline on a CPU.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -69,12 +70,21 @@ def require_model(cfg) -> None:
                         "model folder).")
 
 
+_REMOTE_CODE = {"trust": False}
+
+
+def trust_remote_code(on: bool) -> None:
+    """Let transformers run the Python code a model folder or hub repository ships (``--trust-remote-code``).
+
+    Off by default: such code runs with the user's rights, so palu runs it only when asked.
+    """
+    _REMOTE_CODE["trust"] = bool(on)
+
+
 def load_tokenizer(name_or_path: str):
     """A fast tokenizer from the hub or a folder, with a pad token set (EOS when it has none)."""
-    try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
-    except OSError as exc:
-        raise PaluError(f"cannot load the tokenizer {name_or_path!r}: {exc}") from None
+    with _loading("tokenizer", name_or_path):
+        tok = AutoTokenizer.from_pretrained(name_or_path, use_fast=True, trust_remote_code=_REMOTE_CODE["trust"])
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -83,12 +93,36 @@ def load_tokenizer(name_or_path: str):
 def load_model(name_or_path: str, dtype: str = "auto"):
     """A causal LM from the hub or a folder (a LoRA adapter folder too), in ``dtype`` ("auto", "float32", "bfloat16")."""
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    try:
+    remote = _REMOTE_CODE["trust"]
+    with _loading("model", name_or_path):
         if (Path(name_or_path) / "adapter_config.json").exists():  # a saved LoRA adapter: merge it
             from peft import AutoPeftModelForCausalLM
 
-            return AutoPeftModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype).merge_and_unload()
-        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype)
-    except OSError as exc:
-        hint = "" if Path(name_or_path).exists() else " (is it a hub id you can reach, or a folder that exists?)"
-        raise PaluError(f"cannot load the model {name_or_path!r}{hint}: {exc}") from None
+            return AutoPeftModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype,
+                                                            trust_remote_code=remote).merge_and_unload()
+        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype, trust_remote_code=remote)
+
+
+@contextmanager
+def _loading(what: str, name_or_path: str):
+    """Turn transformers' and safetensors' loading errors into one line naming the folder and the cure."""
+    from safetensors import SafetensorError
+
+    local = Path(name_or_path).exists()
+    where = f"cannot load the {what} {name_or_path!r}"
+    try:
+        yield
+    except SafetensorError as exc:
+        raise PaluError(f"{where}: a weights file is damaged or incomplete ({exc}); copy or save the model again.") \
+            from None
+    except (OSError, ValueError, KeyError) as exc:
+        text = " ".join(str(exc).split())
+        if "custom code" in text or "trust_remote_code" in text:
+            raise PaluError(f"{where}: it ships its own Python code, which palu runs only when asked; if you trust "
+                            "its source, pass --trust-remote-code.") from None
+        if isinstance(exc, ValueError) and "model_type" in text:
+            text = "no config.json with a model_type: it is not a saved model folder"
+        elif "backend tokenizer" in text:
+            text = "no tokenizer files (tokenizer.json) there; set tokenizer=PATH to the model's tokenizer"
+        hint = "" if local else " (is it a hub id you can reach, or a folder that exists?)"
+        raise PaluError(f"{where}{hint}: {text[:400]}") from None

@@ -1,23 +1,90 @@
-"""The layout of a run folder, shared by every command.
+"""The run folder shared by every command: its layout, and the rules that keep what is in it safe.
 
+    <run>/.palu           marks a folder palu made, naming the command; palu deletes no other folder
+    <run>/.palu.lock      locked while a command works in the folder, so two runs never share one
     <run>/config.yaml     the resolved config
     <run>/history.json    per-epoch losses (and metrics, when evaluated during training)
     <run>/model/          save_pretrained model and tokenizer
     <run>/checkpoint/     the latest epoch's training state, removed once the run is finished
     <run>/DONE            written last: a run without it is unfinished and can be resumed
+
+An existing folder is replaced only with ``--overwrite``, and only when palu made it, it is not
+the current, home or root folder (or above them), and it holds none of the command's inputs.
+``--resume`` continues a run only under the config it was started with, unless the user accepts
+the change (``--allow-config-change``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
+import json
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from palu.config import dump
-from palu.io import write_json, write_text
-from palu.train.loop import CHECKPOINT
+import yaml
+
+from palu.config import dump, to_dict
+from palu.errors import PaluError, os_error
+from palu.io import parent_ready, read_text, write_json, write_text
+from palu.train.loop import CHECKPOINT, process_state
 
 MODEL_DIR = "model"
 DONE = "DONE"
+CONFIG = "config.yaml"
+MARKER = ".palu"
+LOCK = ".palu.lock"
+OWN = (MARKER, LOCK)  # files that do not make a folder "not empty"
+
+
+@dataclasses.dataclass(frozen=True)
+class Reuse:
+    """What the user allows to happen to an existing run folder (the CLI's flags)."""
+
+    overwrite: bool = False
+    resume: bool = False
+    allow_config_change: bool = False
+
+
+@contextmanager
+def run_folder(path: str | Path, command: str, cfg=None, reuse: Reuse = Reuse(), shared: bool = False,
+               ignore: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Prepare ``path`` as ``command``'s run folder and hold its lock while the block runs.
+
+    ``cfg`` is saved as ``config.yaml`` (and compared with the saved one on resume; ``ignore`` lists
+    dotted options that may change). ``shared``: several workers of one command may use the folder
+    at once (``palu sweep``), but no other command. In a multi-process run only the main process
+    claims the folder.
+    """
+    path = Path(path).expanduser()
+    state = process_state()
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        yield path
+        return
+    make_folder(path)
+    with _locked(path, shared and not reuse.overwrite):
+        _claim(path, command, cfg, reuse, ignore)
+        if state.num_processes > 1:
+            state.wait_for_everyone()
+        yield path
+
+
+def make_folder(path: Path) -> None:
+    """Create the folder ``path``, or say in one line why it cannot be."""
+    if path.exists() and not path.is_dir():
+        raise PaluError(f"{path} is a file, not a folder; choose another output_dir.")
+    parent_ready(path / "x")
+
+
+def new_run(path: Path, command: str) -> Path:
+    """An empty run folder of ``command`` that a later ``run_folder(..., resume)`` takes as its own."""
+    make_folder(path)
+    write_json(path / MARKER, {"command": command})
+    return path
 
 
 def is_finished(run: str | Path) -> bool:
@@ -25,15 +92,158 @@ def is_finished(run: str | Path) -> bool:
 
 
 def save_config(run: str | Path, cfg) -> None:
-    write_text(Path(run) / "config.yaml", dump(cfg))
+    write_text(Path(run) / CONFIG, dump(cfg))
 
 
 def finish(run: str | Path, model, tokenizer, history: list[dict]) -> Path:
     """Save the trained model and its history, drop the checkpoint, mark the run finished."""
     run = Path(run)
-    model.save_pretrained(run / MODEL_DIR)
-    tokenizer.save_pretrained(run / MODEL_DIR)
+    try:
+        model.save_pretrained(run / MODEL_DIR)
+        tokenizer.save_pretrained(run / MODEL_DIR)
+    except OSError as e:
+        raise os_error(e, run / MODEL_DIR) from None
     write_json(run / "history.json", history)
     shutil.rmtree(run / CHECKPOINT, ignore_errors=True)
-    (run / DONE).write_text("")
+    write_text(run / DONE, "")
     return run / MODEL_DIR
+
+
+def _claim(path: Path, command: str, cfg, reuse: Reuse, ignore: tuple[str, ...]) -> None:
+    """Refuse, clear or adopt the folder's contents as ``reuse`` allows; then mark it and save ``cfg``."""
+    entries = [p for p in path.iterdir() if p.name not in OWN]
+    made_by = _marker(path)
+    if entries and reuse.overwrite:
+        _check_deletable(path, made_by, cfg)
+        for entry in entries:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    elif entries and not reuse.resume:
+        raise PaluError(f"{path} exists and is not empty; pass --overwrite to replace it or --resume to continue it "
+                        "(or choose another output_dir).")
+    elif entries:
+        _check_resumable(path, command, made_by, cfg, reuse.allow_config_change, ignore)
+    new_run(path, command)
+    if cfg is not None:
+        save_config(path, cfg)
+
+
+def _marker(path: Path) -> str | None:
+    """The command that made ``path`` (None: palu did not make it)."""
+    try:
+        return json.loads((path / MARKER).read_text())["command"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_deletable(path: Path, made_by: str | None, cfg) -> None:
+    here = path.resolve()
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    if here == cwd or here in cwd.parents or here == home or here in home.parents or here == Path(here.anchor):
+        raise PaluError(f"{path} is the current, home or root folder (or holds one); palu never deletes it. "
+                        "Choose a new output_dir.")
+    if made_by is None:
+        raise PaluError(f"{path} holds files palu did not write (it has no {MARKER} file); palu only replaces its own "
+                        "run folders. Move or delete it yourself, or choose another output_dir.")
+    for key, value in _local_paths(cfg):
+        if value == here or here in value.parents:
+            raise PaluError(f"{path} holds this command's input {key}={value}; replacing the folder would delete it. "
+                            "Choose another output_dir, or copy the input elsewhere first.")
+
+
+def _check_resumable(path: Path, command: str, made_by: str | None, cfg, allow_change: bool,
+                     ignore: tuple[str, ...]) -> None:
+    saved = _saved_config(path)
+    if made_by is not None and made_by != command:
+        raise PaluError(f"{path} is a `palu {made_by}` run folder, not a `palu {command}` one; choose another "
+                        "output_dir (or pass --overwrite to replace it).")
+    if cfg is None or saved is None:
+        if made_by is None:
+            raise PaluError(f"{path} holds files palu did not write; --resume continues only a palu run. "
+                            "Choose another output_dir.")
+        return
+    changes = config_changes(saved, _plain(cfg), ignore)
+    if made_by is None and changes:
+        raise PaluError(f"{path} holds files palu did not write; --resume continues only a palu run. "
+                        "Choose another output_dir.")
+    if changes and not allow_change:
+        shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+        raise PaluError(f"{path} was started with another config ({shown}). Resume with the same options, start a "
+                        "new output_dir, or pass --allow-config-change to continue under the new ones.")
+
+
+def _saved_config(path: Path) -> dict | None:
+    if not (path / CONFIG).is_file():
+        return None
+    try:
+        saved = yaml.safe_load(read_text(path / CONFIG, "config file"))
+    except yaml.YAMLError:
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def _plain(cfg) -> dict:
+    """``cfg`` as its saved config.yaml reads back, so the two compare like with like."""
+    return yaml.safe_load(dump(cfg))
+
+
+def config_changes(old: dict, new: dict, ignore: tuple[str, ...] = (), prefix: str = "") -> list[str]:
+    """The options that differ between two configs, as ``key: old -> new`` (dotted keys)."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        name = f"{prefix}{key}"
+        if name in ignore:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, ignore, f"{name}.")
+        elif a != b:
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
+
+
+def _local_paths(cfg) -> Iterator[tuple[str, Path]]:
+    """Every option of ``cfg`` (but the output folder) that names an existing local file or folder."""
+    if cfg is None:
+        return
+
+    def walk(node, prefix: str):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from walk(value, f"{prefix}{key}.")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                yield from walk(value, f"{prefix[:-1]}[{i}].")
+        elif isinstance(node, str) and node and not prefix.endswith("output_dir."):
+            candidate = Path(node).expanduser()
+            try:
+                if candidate.exists():
+                    yield prefix[:-1], candidate.resolve()
+            except OSError:
+                return
+
+    yield from walk(to_dict(cfg), "")
+
+
+@contextmanager
+def _locked(path: Path, shared: bool) -> Iterator[None]:
+    """Hold ``path``'s lock: exclusive, or shared with other workers of the same study."""
+    try:
+        fh = open(path / LOCK, "a+")
+    except OSError as e:
+        raise os_error(e, path) from None
+    with fh:
+        try:
+            fcntl.flock(fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            who = fh.read().strip()
+            raise PaluError(f"{path} is in use by another palu command{f' (process {who})' if who else ''}; wait for "
+                            "it to finish, or choose another output_dir.") from None
+        if not shared:
+            fh.truncate(0)
+            fh.write(str(os.getpid()))
+            fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

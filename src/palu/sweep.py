@@ -27,9 +27,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from palu.commands import UnlearnConfig, run_unlearn
+from palu.config import require
 from palu.errors import PaluError
-from palu.io import prepare_output_dir, read_json, write_json
-from palu.runs import save_config
+from palu.io import read_json, write_json
+from palu.runs import Reuse, new_run, run_folder
 from palu.train.selection import UTILITY_FALLBACK, best_epoch, epoch_path, share_start, utility_floor
 
 START = "start-eval.json"  # the starting model's evaluation, shared by the trials
@@ -47,6 +48,16 @@ class SearchSpace:
     alpha: list[float] = field(default_factory=lambda: [0.2, 5.0])
     top_k: list[int] = field(default_factory=lambda: [1, 10, 50, 1000])
     first_n: list[int] = field(default_factory=lambda: [1, 2, 3, 5, -1])
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "alpha"):
+            bounds = getattr(self, name)
+            require(len(bounds) == 2 and 0 < bounds[0] <= bounds[1], f"space.{name}",
+                    "a range [low, high] with 0 < low <= high", bounds)
+        for name in ("top_k", "first_n"):
+            choices = getattr(self, name)
+            require(len(choices) > 0 and all(c >= 1 or c == -1 for c in choices), f"space.{name}",
+                    "a non-empty list of positive numbers (or -1 for all)", choices)
 
 
 @dataclass
@@ -71,9 +82,11 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if self.sampler not in ("tpe", "nsga2"):
             raise PaluError(f"sampler must be tpe or nsga2, not {self.sampler!r}.")
-        if self.unlearn.eval is None:
-            raise PaluError("a sweep scores every epoch: set the evaluation sets (unlearn.eval.forget.path=..., "
-                            "unlearn.eval.retain_reference=RETAIN_RESULTS.json).")
+        if self.unlearn.eval is None or not self.unlearn.eval.retain_reference:
+            raise PaluError("a sweep scores every epoch's forget quality against the retain model: set the evaluation "
+                            "sets and the retain model's results (unlearn.eval.forget.path=..., "
+                            "unlearn.eval.retain_reference=RETAIN_RESULTS.json from `palu eval` of the retain model).")
+        require(self.trials >= 1, "trials", "at least 1", self.trials)
         if self.unlearn.method.get("name", "palu") != "palu":
             raise PaluError("the sweep searches PALU's lr, alpha, K and N; set unlearn.method.name=palu.")
 
@@ -86,15 +99,25 @@ def utility_of(record: dict, name: str) -> float | None:
     return record.get(name) if record.get(name) is not None else record.get(UTILITY_FALLBACK)
 
 
-def run_sweep(cfg: SweepConfig, overwrite: bool = False, progress: bool = False) -> list[dict]:
-    """Run (or resume) the study; returns the Pareto-optimal trials, also written to ``pareto.json``."""
+def run_sweep(cfg: SweepConfig, overwrite: bool = False, progress: bool = False,
+              allow_config_change: bool = False) -> list[dict]:
+    """Run (or resume) the study; returns the Pareto-optimal trials, also written to ``pareto.json``.
+
+    A sweep folder resumes without ``--resume`` (workers share it); its config may change only in
+    ``trials``, unless ``allow_config_change``."""
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate TPE
+    reuse = Reuse(overwrite, resume=True, allow_config_change=allow_config_change)
+    with run_folder(cfg.output_dir, "sweep", cfg, reuse, shared=True, ignore=("trials",)) as out:
+        return _search(cfg, out, progress)
+
+
+def _search(cfg: SweepConfig, out: Path, progress: bool) -> list[dict]:
     import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate TPE
-    out = prepare_output_dir(cfg.output_dir, overwrite, resume=True)
-    save_config(out, cfg)
     study = optuna.create_study(study_name="palu", storage=f"sqlite:///{out / 'study.db'}", load_if_exists=True,
                                 directions=["maximize", "maximize"])
     study.sampler = _sampler(cfg.sampler, cfg.seed + len(study.trials))
@@ -166,6 +189,7 @@ def start_trial(run: Path, start: Path) -> None:
     """
     if run.exists():
         shutil.rmtree(run)
+    new_run(run, "unlearn")
     if start.is_file():
         share_start(run, start)
 

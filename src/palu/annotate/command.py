@@ -43,12 +43,20 @@ class AnnotateConfig:
 
 
 def run_annotate(cfg: AnnotateConfig, overwrite: bool = False) -> str:
-    """Annotate, write ``cfg.output`` and return the text to print (report, and the spans if ``show``)."""
+    """Annotate, write ``cfg.output`` and return the text to print (report, and the spans if ``show``).
+
+    A run in which every item failed is an error and writes nothing: its output would only hold the
+    input spans, and a script checking the exit status would take it for a result.
+    """
     out = Path(cfg.output) if cfg.output else None
     if out is not None and out.exists() and not overwrite:
         raise PaluError(f"{out} exists; pass --overwrite to replace it or choose another output.")
     annotator = get_annotator(cfg.annotator, **cfg.options)
     result: Annotated = annotator.annotate(load_items(cfg.input, cfg.synthetic))
+    errors = result.report.errors
+    if result.items and len(errors) >= len(result.items):  # e.g. a server that answers HTML to every request
+        raise PaluError(f"{cfg.annotator} annotator: no item annotated; all {len(result.items)} items failed, "
+                        f"the first with: {errors[0]}")
     parts = []
     if cfg.show:
         parts.append(show_spans(result.items, color=sys.stdout.isatty()))

@@ -5,19 +5,24 @@ characters badly, which is how the GPT-4o files got spans inside other words. Ea
 placed at its first word-bounded occurrence that no other span covers.
 
 Replies are cached on disk under a hash of model and prompt, so a re-run costs nothing and gives
-the same spans; the API key is sent only in the request header and never logged, cached or
-shown in errors. Rate limits (429), server errors (5xx) and network errors are retried with
+the same spans. Secrets (the API key, and credentials written into base_url as user:password@)
+are sent only in the request header; every text that comes back from the server or the network is
+redacted as it arrives, before any truncation, so no message, log, cache file or output holds a
+secret or a piece of one. Rate limits (429), server errors (5xx) and network errors are retried with
 exponential back-off; a reply that is not a JSON list of strings is reported for its item.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import http.client
 import json
 import logging
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +54,8 @@ class LLMAnnotator(Annotator):
     """Options (each endpoint setting falls back to an environment variable):
 
     Attributes:
-        base_url: the API root, e.g. https://api.openai.com/v1 (``PALU_LLM_BASE_URL``).
+        base_url: the API root, e.g. https://api.openai.com/v1 (``PALU_LLM_BASE_URL``); credentials in it
+            (``https://user:password@host/v1``) are sent as HTTP Basic auth when there is no api_key.
         model: the chat model (``PALU_LLM_MODEL``).
         api_key: sent as a bearer token (``PALU_LLM_API_KEY``); may be empty for local servers.
         cache_dir: where replies are kept (default: ``$XDG_CACHE_HOME/palu/llm`` or ``~/.cache/palu/llm``).
@@ -80,6 +86,10 @@ class LLMAnnotator(Annotator):
                             "(an OpenAI-compatible API root such as http://127.0.0.1:8000/v1).")
         if not self.model:
             raise PaluError("llm annotator: no model; set model or PALU_LLM_MODEL.")
+        self._secrets, self._basic = [], None
+        self.base_url = self._take_credentials(self.base_url)
+        self._secrets += [str(s) for s in (self.api_key, self._basic) if s]
+        self._secrets.sort(key=len, reverse=True)  # a longer secret may contain a shorter one
         if self.cache_dir is None:
             root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
             self.cache_dir = str(Path(root) / "palu" / "llm")
@@ -92,11 +102,36 @@ class LLMAnnotator(Annotator):
             try:
                 phrases = self.phrases(item)
             except MalformedReply as e:
-                report.errors.append(f"{name}: malformed reply ({e}); the item keeps its spans")
+                report.errors.append(self._redact(f"{name}: malformed reply ({e}); the item keeps its spans"))
                 out.append(None)
                 continue
             out.append(self._place(item.answer, phrases, name, report))
         return out
+
+    def _take_credentials(self, url: str) -> str:
+        """``url`` without its user:password@, which goes to the Basic auth header and the secrets to redact."""
+        parts = urllib.parse.urlsplit(url)
+        userinfo, at, host = parts.netloc.rpartition("@")
+        if at:
+            user, _, password = userinfo.partition(":")
+            plain = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+            self._basic = base64.b64encode(plain.encode()).decode()
+            self._secrets += [s for s in {password, urllib.parse.unquote(password)} if s]
+            url = urllib.parse.urlunsplit(parts._replace(netloc=host))
+        try:
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+        except ValueError:  # a port that is not a number
+            valid = False
+        if not valid:
+            raise PaluError(f"llm annotator: base_url {url!r} is not an http(s) URL with a host "
+                            "(e.g. http://127.0.0.1:8000/v1).")
+        return url
+
+    def _redact(self, text: str, limit: int | None = None) -> str:
+        """``text`` with every secret replaced, then cut to ``limit``: cutting first could split a secret."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text if limit is None or len(text) <= limit else text[:limit] + "..."
 
     def messages(self, item: QAItem) -> list[dict]:
         return [{"role": "system", "content": INSTRUCTION},
@@ -111,9 +146,9 @@ class LLMAnnotator(Annotator):
         if cached.is_file():
             try:
                 return json.loads(cached.read_text())["phrases"]
-            except (json.JSONDecodeError, KeyError, OSError):
+            except (ValueError, KeyError, OSError):  # bad JSON or bytes, no phrases, unreadable
                 log.warning("llm annotator: ignoring the unreadable cache file %s", cached)
-        phrases = parse_reply(self._chat(messages))
+        phrases = parse_reply(self._chat(messages))  # _chat redacts the content
         write_json(cached, {"model": self.model, "phrases": phrases})
         return phrases
 
@@ -123,35 +158,40 @@ class LLMAnnotator(Annotator):
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        elif self._basic:
+            headers["Authorization"] = f"Basic {self._basic}"
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
                 request = urllib.request.Request(url, data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    data = json.loads(response.read().decode("utf-8"))
+                    text = self._redact(response.read().decode("utf-8", "replace"))
                 break
             except urllib.error.HTTPError as e:
-                detail = self._redact(e.read().decode("utf-8", "replace")[:300])
+                detail = self._redact(_body(e), 300)
                 if (e.code != 429 and e.code < 500) or last:
                     raise PaluError(f"llm annotator: {url} answered HTTP {e.code}: {detail}") from None
                 wait = _retry_after(e.headers.get("Retry-After"), self.backoff * 2**attempt)
                 log.warning("llm annotator: HTTP %d, retrying in %.1f s", e.code, wait)
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets, broken replies
+                reason = self._redact(str(e) or type(e).__name__, 200)
                 if last:
-                    raise PaluError(f"llm annotator: cannot reach {url} ({self._redact(str(e))}); "
+                    raise PaluError(f"llm annotator: cannot reach {url} ({reason}); "
                                     "check base_url and that the server runs.") from None
                 wait = self.backoff * 2**attempt
-                log.warning("llm annotator: %s, retrying in %.1f s", self._redact(str(e)), wait)
-            except json.JSONDecodeError as e:
-                raise MalformedReply(f"the response is not JSON: {e.msg}") from None
+                log.warning("llm annotator: %s, retrying in %.1f s", reason, wait)
             time.sleep(wait)
         try:
-            return data["choices"][0]["message"]["content"]
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise MalformedReply(f"the response is not JSON ({e.msg}): {text[:80]!r}") from None
+        try:
+            content = data["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise MalformedReply("no choices[0].message.content in the response") from None
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self.api_key, "***") if self.api_key else text
+            raise MalformedReply(f"no choices[0].message.content in the response: {text[:80]!r}") from None
+        if not isinstance(content, str):
+            raise MalformedReply(f"choices[0].message.content is not text: {text[:80]!r}")
+        return self._redact(content)  # again: the JSON may have escaped a secret that the raw text hid
 
     def _place(self, answer: str, phrases: list[str], name: str, report: AnnotationReport) -> list[Span]:
         taken: list[Span] = []
@@ -181,6 +221,14 @@ def parse_reply(content: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise MalformedReply(f"not a list of strings: {content[:80]!r}")
     return [v.strip() for v in value if v.strip()]
+
+
+def _body(error: urllib.error.HTTPError) -> str:
+    """The text of an HTTP error reply, or "" when the connection breaks while it is read."""
+    try:
+        return error.read().decode("utf-8", "replace")
+    except (OSError, http.client.HTTPException):
+        return ""
 
 
 def _retry_after(header: str | None, default: float) -> float:

@@ -29,9 +29,9 @@ from palu.errors import PaluError
 from palu.eval.core import format_value, summary
 from palu.eval.metrics import mia_auc
 from palu.eval.tofu import evaluate_tofu, item_values
-from palu.io import prepare_output_dir, read_json, write_json
+from palu.io import read_json, write_json
 from palu.models import require_model
-from palu.runs import finish, save_config
+from palu.runs import Reuse, finish, run_folder
 from palu.train.finetune import finetune
 from palu.train.loop import TrainConfig
 
@@ -264,26 +264,25 @@ def run_attack(cfg: AttackConfig, overwrite: bool = False, progress: bool = True
                         "items scored has one; add them (field paraphrased_question) or leave paraphrase out of "
                         "attacks.")
     reference = read_json(cfg.retain_reference) if cfg.retain_reference else None
-    out = prepare_output_dir(cfg.output_dir, overwrite)
-    save_config(out, cfg)
-    run = _Run(cfg, sets, reference, scored, out, progress)
-    rows = {UNATTACKED: run.unattacked}
-    for name in cfg.attacks:
-        if name == "relearn":
-            rows[name] = partial(run.relearned, relearned)
-        elif name == "quantize":
-            rows.update({f"quantize_{bits}bit": partial(run.quantized, bits) for bits in cfg.quantize_bits})
-        else:
-            rows[name] = partial(run.paraphrased, paraphrased)
-    results: dict[str, dict] = {}
-    table: dict[str, dict] = {}
-    for row, attack in rows.items():
-        log.info("attack: %s", row)
-        results[row] = attack()
-        table[row] = summary(results[row]["metrics"])
-        write_json(out / "results.json", results)
-        write_json(out / "summary.json", table)
-    return table
+    with run_folder(cfg.output_dir, "attack", cfg, Reuse(overwrite)) as out:
+        run = _Run(cfg, sets, reference, scored, out, progress)
+        rows = {UNATTACKED: run.unattacked}
+        for name in cfg.attacks:
+            if name == "relearn":
+                rows[name] = partial(run.relearned, relearned)
+            elif name == "quantize":
+                rows.update({f"quantize_{bits}bit": partial(run.quantized, bits) for bits in cfg.quantize_bits})
+            else:
+                rows[name] = partial(run.paraphrased, paraphrased)
+        results: dict[str, dict] = {}
+        table: dict[str, dict] = {}
+        for row, attack in rows.items():
+            log.info("attack: %s", row)
+            results[row] = attack()
+            table[row] = summary(results[row]["metrics"])
+            write_json(out / "results.json", results)
+            write_json(out / "summary.json", table)
+        return table
 
 
 def attack_table(table: Mapping[str, Mapping[str, float | None]]) -> str:

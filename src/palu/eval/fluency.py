@@ -122,8 +122,10 @@ def gibberish_clean(generations: Sequence[str], classifier: str = GIBBERISH_DETE
 
     folder = _local_copy(classifier)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        # a classifier is never trusted to run its own code: it is an optional extra
+        model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True,
+                                                                   trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise Unavailable(f"cannot load the classifier from {folder} ({type(e).__name__}: {e}).") from None
     labels = {str(label).lower() for label in model.config.id2label.values()}

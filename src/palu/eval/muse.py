@@ -30,9 +30,9 @@ from palu.eval.core import summary
 from palu.eval.metrics import mia_result, min_k_score, rouge_result
 from palu.eval.scoring import generate_text, text_logprobs
 from palu.eval.tofu import MIA_K, add_comparisons
-from palu.io import prepare_output_dir, read_json, write_json
+from palu.io import read_json, write_json
 from palu.models import load_model, load_tokenizer, require_model
-from palu.runs import save_config
+from palu.runs import Reuse, run_folder
 
 MUSE_NEWS = "muse-bench/MUSE-News"
 VERBMEM_MAX_NEW_TOKENS = 128
@@ -208,12 +208,11 @@ def run_muse(cfg: MuseConfig, overwrite: bool = False, progress: bool = True) ->
     Data and reference are read before the model is loaded, so that their errors come at once.
     """
     require_model(cfg)
-    out = prepare_output_dir(cfg.output_dir, overwrite)
-    reference = read_json(cfg.retain_reference) if cfg.retain_reference else None
-    data = load_muse(cfg.path, cfg.verbmem_limit, cfg.knowmem_limit, cfg.privleak_limit)
-    model, tokenizer = load_model(cfg.model), load_tokenizer(cfg.tokenizer or cfg.model)
-    save_config(out, cfg)
-    results = evaluate_muse(model, tokenizer, data, reference, cfg.batch_size, cfg.max_length, progress)
-    write_json(out / "results.json", results)
-    write_json(out / "summary.json", summary(results))
-    return results
+    with run_folder(cfg.output_dir, "eval", cfg, Reuse(overwrite)) as out:
+        reference = read_json(cfg.retain_reference) if cfg.retain_reference else None
+        data = load_muse(cfg.path, cfg.verbmem_limit, cfg.knowmem_limit, cfg.privleak_limit)
+        model, tokenizer = load_model(cfg.model), load_tokenizer(cfg.tokenizer or cfg.model)
+        results = evaluate_muse(model, tokenizer, data, reference, cfg.batch_size, cfg.max_length, progress)
+        write_json(out / "results.json", results)
+        write_json(out / "summary.json", summary(results))
+        return results

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from palu.data.labels import IGNORE_INDEX
 from palu.data.qa import QAItem
+from palu.config import require
 from palu.errors import PaluError
 from palu.methods.head import Head, head_loss_sum
 
@@ -147,6 +148,11 @@ class WeightedOptions(RetainOptions):
 
     gamma: float = 1.0
     alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("gamma", "alpha"):
+            require(getattr(self, name) >= 0, f"method.{name}", "zero or more", getattr(self, name))
 
 
 def weighted_total(model, batch: dict, ref_head: Head, forget: torch.Tensor, cfg: WeightedOptions) -> dict:

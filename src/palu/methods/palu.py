@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from palu.data.labels import ORDINARY, select_prefix
+from palu.config import require
 from palu.errors import PaluError
 from palu.methods.common import (Head, WeightedOptions, answer_positions, final_hidden, mean_or_zero,
                                  retain_loss)
@@ -50,8 +51,9 @@ class PaluConfig(WeightedOptions):
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise PaluError(f"method.{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}.")
-        if self.top_k == 0 or self.first_n == 0:
-            raise PaluError("method.top_k and method.first_n must be positive, or -1 for all.")
+        for name in ("top_k", "first_n"):
+            value = getattr(self, name)
+            require(value >= 1 or value == -1, f"method.{name}", "a positive number, or -1 for all", value)
 
 
 def local_entropy(h: torch.Tensor, ref_h: torch.Tensor, head: Head, ref_head: Head, top_k: int,

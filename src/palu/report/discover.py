@@ -14,6 +14,7 @@ Three kinds of folder are understood, so that ``palu report`` works on whatever 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from palu.train.loop import CHECKPOINT
 BEFORE, REFERENCE, UNLEARNED = "before", "reference", "unlearned"
 ROLE_NAMES = {"full": BEFORE, "retain": REFERENCE}
 EVAL_PREFIX = "eval-"
+GENERATIONS = "forget_Q_A_ROUGE"  # the per-item result whose generations the report shows
 
 
 @dataclass
@@ -140,6 +142,7 @@ def _load(run: Run) -> None:
                                 "or leave it out.")
         run.summary = _read(run.eval_dir / "summary.json", dict)
         run.results = _read(run.eval_dir / "results.json", dict)
+        _check_generations(run.eval_dir / "results.json", run.results)
 
 
 def _read(path: Path, kind: type):
@@ -147,6 +150,29 @@ def _read(path: Path, kind: type):
     if not isinstance(data, kind):
         raise PaluError(f"{path}: expected a JSON {'list' if kind is list else 'object'}, not {type(data).__name__}.")
     return data
+
+
+def _check_generations(path: Path, results: dict) -> None:
+    """The one per-item result the report reads (the forget generations), checked here so that a hand-edited
+    results.json is named instead of failing deep inside rendering."""
+    entry = results.get(GENERATIONS)
+    if entry is None:
+        return
+    by_index = (entry.get("value_by_index") or {}) if isinstance(entry, dict) else None
+    if not isinstance(by_index, dict) or not all(re.fullmatch("[0-9]+", index) for index in by_index):
+        raise PaluError(f"{path}: '{GENERATIONS}' should be an object whose value_by_index maps item indices to "
+                        "values, as palu eval writes it; run palu eval again or fix the file.")
+    for index, value in by_index.items():
+        spans = (value.get("spans") or []) if isinstance(value, dict) else []
+        if not isinstance(spans, list) or not all(map(_is_span, spans)):
+            raise PaluError(f"{path}: {GENERATIONS} value_by_index[{index}] spans should be a list of "
+                            '{"start": N, "end": M} offsets; fix or remove them.')
+
+
+def _is_span(span) -> bool:
+    pair = [span.get("start"), span.get("end")] if isinstance(span, dict) and set(span) == {"start", "end"} else span
+    return isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                             for x in pair)
 
 
 def forget_items(runs: list[Run]) -> dict[str, QAItem]:
@@ -163,13 +189,16 @@ def forget_items(runs: list[Run]) -> dict[str, QAItem]:
         data = read_yaml(path) if path.exists() else {}
         if not isinstance(data.get("forget"), dict):
             continue
-        key = json.dumps([data["forget"], data.get("synthetic")], sort_keys=True)
+        synthetic = data.get("synthetic") or {}
+        if not isinstance(synthetic, dict):
+            raise PaluError(f"{path}: 'synthetic' should be a mapping of options, not {synthetic!r:.40}.")
+        key = json.dumps([data["forget"], synthetic], sort_keys=True)
         if key in loaded:
             continue
         loaded.add(key)
         try:
             source = build(DataSource, data["forget"], "forget")
-            found = load_items(source, build(SyntheticConfig, data.get("synthetic") or {}, "synthetic"))
+            found = load_items(source, build(SyntheticConfig, synthetic, "synthetic"))
         except PaluError as exc:
             raise PaluError(f"{path}: cannot load its forget items (for their spans): {exc}") from None
         for item in found:

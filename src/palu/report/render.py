@@ -57,6 +57,9 @@ def headline_columns(runs: list[Run]) -> list[str]:
     return [m for m in HEADLINE if any(number(r.summary.get(m)) is not None for r in runs)]
 
 
+MARK = "<!-- written by palu report -->"  # what lets a later report replace this one without --overwrite
+
+
 def markdown(runs: list[Run]) -> str:
     """One row per run, the headline metrics with their directions."""
     columns = headline_columns(runs)
@@ -65,7 +68,7 @@ def markdown(runs: list[Run]) -> str:
              "|---|---|" + "---:|" * len(columns)]
     lines += [f"| {cell(r.name)} | {r.role} | " + " | ".join(fmt(r.summary.get(m)) for m in columns) + " |"
               for r in runs]
-    return "\n".join(lines + ["", LEGEND]) + "\n"
+    return "\n".join(lines + ["", LEGEND, "", MARK]) + "\n"
 
 
 def html_page(runs: list[Run], items: dict[str, QAItem], sources: list[Path]) -> str:
@@ -73,7 +76,7 @@ def html_page(runs: list[Run], items: dict[str, QAItem], sources: list[Path]) ->
              _summary_section(runs), _scatter_section(runs), _training_section(runs), _generations_section(runs, items)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">" + MARK +
             f"<title>palu report</title><style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 

@@ -4,6 +4,7 @@ a checkpoint each epoch and resume. Fine-tuning and every unlearning method run 
 from __future__ import annotations
 
 import math
+import pickle
 import shutil
 from collections import defaultdict
 from collections.abc import Callable
@@ -14,10 +15,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import set_seed
+from safetensors import SafetensorError
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from palu.config import require
 from palu.errors import PaluError
 from palu.io import read_json, write_json
 
@@ -65,6 +68,10 @@ class TrainConfig:
             raise PaluError(f"train.bf16 must be auto, true or false, not {self.bf16!r}.")
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise PaluError("train.epochs, train.batch_size and train.grad_accum must be at least 1.")
+        require(self.lr > 0, "train.lr", "a positive number", self.lr)
+        for name in ("warmup_epochs", "weight_decay", "max_grad_norm"):
+            require(getattr(self, name) >= 0, f"train.{name}", "zero or more", getattr(self, name))
+        require(self.max_length >= 2, "train.max_length", "at least 2 tokens", self.max_length)
 
 
 class EpochData(Dataset):
@@ -148,11 +155,8 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
     if stateful:
         accelerator.register_for_checkpointing(*stateful)
     ckpt = Path(out_dir) / CHECKPOINT
-    history: list[dict] = []
-    if resume and (ckpt / "state.json").exists():
-        accelerator.load_state(str(ckpt))
-        history = read_json(ckpt / "state.json")["history"]
-        accelerator.print(f"resuming after epoch {len(history)} from {ckpt}")
+    history = _load_checkpoint(accelerator, ckpt) if resume else []
+    guard = FiniteGuard(accelerator, ckpt, len(history))
     model.train()
     first = cfg.epochs if history and history[-1].get(STOP) else len(history)
     for epoch in range(first, cfg.epochs):
@@ -160,18 +164,21 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
         sums: dict[str, float] = defaultdict(float)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and accelerator.is_main_process),
                    leave=False)
-        for batch in bar:
+        for index, batch in enumerate(bar, 1):
             with accelerator.accumulate(model):
                 losses = step(model, batch)
+                guard.check(losses["loss"], "the loss", epoch + 1, index)
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    guard.check(norm, "the gradient norm", epoch + 1, index)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
             for name, value in losses.items():
                 sums[name] += float(value.detach())
             bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
+        guard.check_weights(params, epoch + 1)
         record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
         record.update({k: v / max(len(loader), 1) for k, v in sums.items()})
         if on_epoch_end is not None:
@@ -180,6 +187,7 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
             model.train()
         history.append(record)
         _save_checkpoint(accelerator, ckpt, history)
+        guard.finished = len(history)
         if record.get(STOP):
             break
     accelerator.wait_for_everyone()
@@ -187,6 +195,55 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
     model.eval()
     if cfg.gradient_checkpointing:
         _checkpointing(model, False)
+    return history
+
+
+class FiniteGuard:
+    """Stops a diverging run: a non-finite loss, gradient norm or weight ends training with a message
+    naming the epoch and step, before the bad update is applied or saved. The checkpoint of the last
+    finished epoch stays as it was, and the run is never marked finished."""
+
+    def __init__(self, accelerator: Accelerator, ckpt: Path, finished: int):
+        self.accelerator, self.ckpt, self.finished = accelerator, ckpt, finished
+
+    def check(self, value: torch.Tensor, what: str, epoch: int, step: int) -> None:
+        bad = torch.tensor(0.0 if torch.isfinite(value.detach()).all() else 1.0, device=value.device)
+        if self.accelerator.num_processes > 1:  # every process must stop together
+            bad = self.accelerator.reduce(bad, "sum")
+        if bad.item() > 0:
+            self._stop(f"epoch {epoch}, step {step}: {what} is {float(value.detach().float().sum())}")
+
+    def check_weights(self, params: list[torch.Tensor], epoch: int) -> None:
+        if not all(bool(torch.isfinite(p.detach()).all()) for p in params):
+            self._stop(f"epoch {epoch}: the weights are no longer finite")
+
+    def _stop(self, what: str) -> None:
+        kept = (f"the checkpoint after epoch {self.finished} is kept in {self.ckpt}" if self.finished else
+                "no epoch had finished, so nothing was saved")
+        raise PaluError(f"training diverged at {what}; the run stops unfinished ({kept}). Lower train.lr or check the "
+                        "method's options, then start again with --overwrite (or --resume --allow-config-change).")
+
+
+def _load_checkpoint(accelerator: Accelerator, ckpt: Path) -> list[dict]:
+    """The history of the checkpoint in ``ckpt`` after loading its state, or [] when there is none.
+
+    A swap interrupted between its two renames leaves the previous checkpoint as ``checkpoint.old``.
+    """
+    old = ckpt.with_name(CHECKPOINT + ".old")
+    if accelerator.is_main_process and not ckpt.exists() and (old / "state.json").exists():
+        old.rename(ckpt)
+    accelerator.wait_for_everyone()
+    if not (ckpt / "state.json").exists():
+        return []
+    try:
+        history = read_json(ckpt / "state.json")["history"]
+        accelerator.load_state(str(ckpt))
+    except (PaluError, KeyError, TypeError, RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError,
+            SafetensorError) as e:
+        detail = " ".join(str(e).split())[:200]
+        raise PaluError(f"{ckpt}: the checkpoint is damaged or incomplete ({type(e).__name__}: {detail}); it cannot be "
+                        "resumed. Start the run again with --overwrite.") from None
+    accelerator.print(f"resuming after epoch {len(history)} from {ckpt}")
     return history
 
 
@@ -207,7 +264,10 @@ def _save_checkpoint(accelerator: Accelerator, ckpt: Path, history: list[dict]) 
     accelerator.wait_for_everyone()  # every process has written its part before the swap
     if accelerator.is_main_process:
         write_json(tmp / "state.json", {"history": history})
+        old = ckpt.with_name(CHECKPOINT + ".old")
         if ckpt.exists():
-            shutil.rmtree(ckpt)
+            shutil.rmtree(old, ignore_errors=True)
+            ckpt.rename(old)
         tmp.rename(ckpt)
+        shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
