@@ -66,3 +66,14 @@ def greedy_loop(model, tok, ids: list[int], max_new_tokens: int) -> str:
                 break
             new.append(nxt)
     return tok.decode(new, skip_special_tokens=True)
+
+
+@pytest.fixture(scope="session")
+def saved_model(tmp_path_factory, bpe_tokenizer):
+    """A tiny Llama and its tokenizer saved as a model folder, as `palu finetune` leaves one."""
+    from palu.models import tiny_llama
+
+    folder = tmp_path_factory.mktemp("saved") / "model"
+    tiny_llama(len(bpe_tokenizer), hidden=32, layers=1, heads=2, tokenizer=bpe_tokenizer).save_pretrained(folder)
+    bpe_tokenizer.save_pretrained(folder)
+    return folder

@@ -65,12 +65,22 @@ def run_folder(path: str | Path, command: str, cfg=None, reuse: Reuse = Reuse(),
         state.wait_for_everyone()
         yield path
         return
+    existed = path.exists()
     make_folder(path)
+    lock_existed = (path / LOCK).exists()
     with _locked(path, shared and not reuse.overwrite):
-        _claim(path, command, cfg, reuse, ignore)
-        if state.num_processes > 1:
-            state.wait_for_everyone()
-        yield path
+        fresh = not any(p.name not in OWN for p in path.iterdir())
+        try:
+            _claim(path, command, cfg, reuse, ignore)
+            if state.num_processes > 1:
+                state.wait_for_everyone()
+            yield path
+        except BaseException:
+            if fresh:  # a command that failed before writing anything leaves the folder as it found it
+                _undo_start(path, existed)
+            elif not lock_existed and _marker(path) is None:  # a refused folder of the user's: no trace
+                (path / LOCK).unlink(missing_ok=True)
+            raise
 
 
 def make_folder(path: Path) -> None:
@@ -125,6 +135,15 @@ def _claim(path: Path, command: str, cfg, reuse: Reuse, ignore: tuple[str, ...])
     new_run(path, command)
     if cfg is not None:
         save_config(path, cfg)
+
+
+def _undo_start(path: Path, existed: bool) -> None:
+    if any(p.name not in (*OWN, CONFIG) for p in path.iterdir()):
+        return
+    for name in (MARKER, CONFIG, LOCK):
+        (path / name).unlink(missing_ok=True)
+    if not existed:
+        path.rmdir()
 
 
 def _marker(path: Path) -> str | None:
@@ -187,11 +206,12 @@ def _plain(cfg) -> dict:
 
 
 def config_changes(old: dict, new: dict, ignore: tuple[str, ...] = (), prefix: str = "") -> list[str]:
-    """The options that differ between two configs, as ``key: old -> new`` (dotted keys)."""
+    """The options that differ between two configs, as ``key: old -> new`` (dotted keys). Where the
+    run lives is not one of them: a run folder that was moved is the same run."""
     out = []
     for key in sorted(set(old) | set(new), key=str):
         name = f"{prefix}{key}"
-        if name in ignore:
+        if name in ignore or key == "output_dir":
             continue
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):

@@ -7,15 +7,18 @@ inside training.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, zip_longest
 from pathlib import Path
 
 from palu.data.qa import QAItem, Span
 from palu.errors import PaluError
+from palu.io import read_text
 
 FORMATS = (".json", ".jsonl", ".parquet", ".csv")  # also the lookup order for a folder + split
 ANNOTATION_SPANS_FIELD = "target_words"  # TOFU/PALU span-annotation files: [{"word", "start", "end"}]
@@ -78,7 +81,7 @@ def load_lines(path: str | Path) -> list[str]:
     """
     path = Path(path)
     lines = []
-    for raw in _read_text(path).split("\n"):
+    for raw in read_text(path).split("\n"):
         line = raw.strip()
         if line.startswith('"'):
             try:
@@ -135,21 +138,9 @@ def _file_rows(path: Path, source: DataSource) -> Iterator[Row]:
                     "(for plain text with one entry per line, use load_lines).")
 
 
-def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise PaluError(f"{path}: cannot read it ({e.strerror or e}); check the path.") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise PaluError(f"{path}:{line}: not UTF-8 text; re-save the file as UTF-8.") from None
-
-
 def json_rows(path: Path) -> Iterator[Row]:
     """A JSON array or JSON Lines, told apart by content: TOFU's .json files are JSON Lines."""
-    text = _read_text(path)
+    text = read_text(path)
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -172,26 +163,30 @@ def json_rows(path: Path) -> Iterator[Row]:
 
 
 def _csv_rows(path: Path, list_fields: tuple[str, ...]) -> Iterator[Row]:
-    """CSV rows as strings; cells of list-valued fields may hold JSON lists (CSV has no lists)."""
-    import pandas as pd
-
+    """CSV rows as strings, the first row naming the fields; cells of list-valued fields may hold JSON lists
+    (CSV has no lists). Read with the csv module, which says on which line a row goes wrong."""
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), strict=True)  # strict: no silent misquotes
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        return
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise PaluError(f"{path}: cannot read it as CSV ({e}); fix the file or save it as JSON Lines.") from None
-    for i, row in enumerate(frame.to_dict("records"), 1):
-        where = f"{path}:{i}"
-        for name in list_fields:
-            cell = row.get(name)
-            if isinstance(cell, str) and cell.lstrip().startswith("["):
-                try:
-                    row[name] = json.loads(cell)
-                except json.JSONDecodeError as e:
-                    raise PaluError(f"{where}: the '{name}' cell is not a valid JSON list ({e.msg}); "
-                                    'write it as JSON, e.g. ["first", "second"].') from None
-        yield where, row
+        header = next(reader, [])
+        rows = (cells for cells in reader if any(cell.strip() for cell in cells))  # blank lines are skipped
+        for i, cells in enumerate(rows, 1):
+            where = f"{path}:{i}"
+            if len(cells) > len(header):
+                raise PaluError(f"{where}: the row has {len(cells)} cells but the header names {len(header)} fields; "
+                                f"quote cells that hold commas (line {reader.line_num} of the file).")
+            row = dict(zip_longest(header, cells, fillvalue=""))
+            for name in list_fields:
+                cell = row.get(name)
+                if isinstance(cell, str) and cell.lstrip().startswith("["):
+                    try:
+                        row[name] = json.loads(cell)
+                    except json.JSONDecodeError as e:
+                        raise PaluError(f"{where}: the '{name}' cell is not a valid JSON list ({e.msg}); "
+                                        'write it as JSON, e.g. ["first", "second"].') from None
+            yield where, row
+    except csv.Error as e:
+        raise PaluError(f"{path}:{reader.line_num}: cannot read it as CSV ({e}); fix the file or save it as "
+                        "JSON Lines.") from None
 
 
 def _parquet_rows(path: Path) -> Iterator[Row]:
@@ -200,8 +195,9 @@ def _parquet_rows(path: Path) -> Iterator[Row]:
 
     try:
         table = pq.read_table(path)
-    except pa.ArrowException as e:
-        raise PaluError(f"{path}: cannot read it as Parquet ({e}); check that it is a Parquet file.") from None
+    except (pa.ArrowException, OSError) as e:
+        raise PaluError(f"{path}: cannot read it as Parquet ({_one_line(e)}); check that it is a whole Parquet "
+                        "file.") from None
     for i, row in enumerate(table.to_pylist(), 1):
         yield f"{path}:{i}", row
 
@@ -214,8 +210,8 @@ def _hub_rows(source: DataSource, label: str) -> Iterator[Row]:
     except Exception as e:  # offline, unknown id or config: all mean "use a local copy"
         raise PaluError(
             f"{label}: not a local file or folder, so it was loaded as a Hugging Face hub "
-            f"dataset, which failed ({type(e).__name__}: {e}). If you are offline you cannot reach the Hugging "
-            "Face hub; download it or point path at a local folder such as ../shared/data/tofu."
+            f"dataset, which failed ({type(e).__name__}: {_one_line(e)}). If you are offline you cannot reach the "
+            "Hugging Face hub; download it or point path at a local folder such as ../shared/data/tofu."
         ) from e
     for i, row in enumerate(dataset):
         yield f"{label}[{i}]", row
@@ -225,10 +221,12 @@ def _to_item(row: object, where: str, source: DataSource) -> QAItem:
     if not isinstance(row, dict):
         raise PaluError(f"{where}: expected an object with a question and an answer, got {type(row).__name__}; "
                         "write one object per row.")
+    question = _required(row, source.question_field, "question_field", where)
+    answer = _required(row, source.answer_field, "answer_field", where)
     return QAItem(
-        question=_required(row, source.question_field, "question_field", where),
-        answer=_required(row, source.answer_field, "answer_field", where),
-        spans=_spans(row, source.spans_field, where),
+        question=question,
+        answer=answer,
+        spans=_spans(row, source.spans_field, answer or "", where),
         paraphrased_answer=_text(row.get(source.paraphrased_answer_field), source.paraphrased_answer_field, where),
         perturbed_answers=_answers(row.get(source.perturbed_answers_field), source.perturbed_answers_field, where),
         paraphrased_question=_text(row.get(source.paraphrased_question_field), source.paraphrased_question_field,
@@ -264,8 +262,14 @@ def _answers(value: object, name: str, where: str) -> list[str]:
     raise PaluError(f"{where}: '{name}' should be a string or a list of strings, got {value!r:.80}.")
 
 
-def _spans(row: dict, name: str, where: str) -> list[Span]:
-    """Spans from ``name``, else from an annotation file's ``target_words``; the word is not checked here."""
+def _spans(row: dict, name: str, answer: str, where: str) -> list[Span]:
+    """Spans from ``name``, else from an annotation file's ``target_words``.
+
+    An entry's ``word`` that is nowhere in the answer (ignoring case, as the file annotator matches) is
+    refused: its offsets mark something else. A word elsewhere than at its offsets is kept as given: the
+    paper's span files mark a phrase's first occurrence, sometimes inside another word, and
+    ``palu annotate annotator=file`` re-anchors those.
+    """
     if name not in row:
         name = ANNOTATION_SPANS_FIELD
     value = row.get(name)
@@ -279,5 +283,15 @@ def _spans(row: dict, name: str, where: str) -> list[Span]:
         if not all(isinstance(x, int) and not isinstance(x, bool) for x in (start, end)):
             raise PaluError(f"{where}: each entry of '{name}' needs integer 'start' and 'end' offsets into the "
                             f"answer, e.g. {{\"start\": 0, \"end\": 5}}; got {entry!r:.80}.")
+        word = entry.get("word")  # (offsets past the answer are left to QAItem, which says so)
+        if isinstance(word, str) and end <= len(answer) and word.strip().lower() not in answer.lower():
+            file = re.sub(r":\d+$", "", where)
+            raise PaluError(f"{where}: the '{name}' word {word.strip()!r} does not occur in the answer; fix the entry "
+                            f"or re-anchor the spans with `palu annotate annotator=file options.path={file}`.")
         spans.append(Span(start, end))
     return spans
+
+
+def _one_line(exc: Exception) -> str:
+    """An exception's message on one line (library messages may span several)."""
+    return " ".join(str(exc).split())

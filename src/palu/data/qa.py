@@ -56,3 +56,10 @@ class QAItem:
         row = dict(row)
         row["spans"] = [Span(**s) if isinstance(s, dict) else Span(*s) for s in row.get("spans", [])]
         return cls(**row)
+
+
+def shared_items(items: list[QAItem], others: list[QAItem]) -> list[QAItem]:
+    """The items of ``items`` that ``others`` also holds (same question and answer, ignoring surrounding
+    spaces): a forget set that overlaps its retain set is pulled both ways, a common slip in naming splits."""
+    keys = {(o.question.strip(), o.answer.strip()) for o in others}
+    return [item for item in items if (item.question.strip(), item.answer.strip()) in keys]

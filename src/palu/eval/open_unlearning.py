@@ -43,12 +43,13 @@ REFERENCE_RETAIN_AUC = 0.5
 for _name, _what in (("gradnorm", "gradient-norm"), ("reference", "reference-model")):
     register(MetricSpec(f"mia_{_name}", False, f"AUC of open-unlearning's {_what} membership-inference score, "
                                                "recomputed from a log (palu does not compute this score)"))
+TEXT_FIELDS = ("generation", "ground_truth")
 MIA_METRICS = ("mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus", "mia_gradnorm", "mia_reference")
 
 
 def read_log(path: str | Path) -> dict:
     """An open-unlearning evaluation log, refused with a clear message when it is something else."""
-    log = read_json(path)
+    log = read_json(path, "file")
     if not isinstance(log, dict) or not any(isinstance(v, dict) and "agg_value" in v for v in log.values()):
         raise PaluError(f"{path}: not an open-unlearning evaluation log (TOFU_EVAL.json): it holds no metrics "
                         "with an agg_value.")
@@ -57,7 +58,17 @@ def read_log(path: str | Path) -> dict:
 
 def recompute_files(eval_path: str | Path, retain_path: str | Path | None = None) -> dict[str, dict]:
     """``recompute`` on log files (``palu eval --from-open-unlearning EVAL.json --retain-log RETAIN.json``)."""
-    return recompute(read_log(eval_path), None if retain_path is None else read_log(retain_path))
+    reference = None if retain_path is None else _recompute_file(retain_path, None)
+    return _recompute_file(eval_path, reference)
+
+
+def _recompute_file(path: str | Path, reference: dict | None) -> dict[str, dict]:
+    """``_recompute`` on one log file, whose errors (a missing per-item field, ...) then name the file."""
+    log = read_log(path)
+    try:
+        return _recompute(log, reference)
+    except PaluError as exc:
+        raise PaluError(f"{path}: {exc}") from None
 
 
 def recompute(log: Mapping, retain_log: Mapping | None = None) -> dict[str, dict]:
@@ -67,43 +78,77 @@ def recompute(log: Mapping, retain_log: Mapping | None = None) -> dict[str, dict
     Per-item values are indexed by position in the log. Aggregates that are only inputs of others
     (``*_PARA_Prob``, ``*_PERT_Prob``) are not reported; the truth ratios built from them are.
     """
+    return _recompute(log, None if retain_log is None else recompute(retain_log))
+
+
+def _recompute(log: Mapping, reference: dict | None) -> dict[str, dict]:
+    """``recompute`` given the retain model's results (None: the reference's fixed retain AUC)."""
     results: dict[str, dict] = {}
     for split, prefix in PREFIX.items():
         if f"{prefix}_Q_A_Prob" in log:
             results.update(_qa_metrics(log, prefix, split in GENERAL))
     for name in ("exact_memorization", "extraction_strength"):
         if name in log:
-            results[name] = mean_result(name, [v["score"] for v in _values(log[name])])
+            results[name] = mean_result(name, _values(log, name, "score"))
     for name in MIA_METRICS:
         if name in log:
-            forget, holdout = ([v["score"] for v in _values(log[name][part])] for part in ("forget", "holdout"))
-            results[name] = mia_result(name, forget, holdout)
-    reference = recompute(retain_log) if retain_log is not None else {"mia_min_k": {"agg_value": REFERENCE_RETAIN_AUC}}
-    add_comparisons(results, reference)
+            results[name] = mia_result(name, _values(log, name, "score", "forget"),
+                                       _values(log, name, "score", "holdout"))
+    add_comparisons(results, {"mia_min_k": {"agg_value": REFERENCE_RETAIN_AUC}} if reference is None else reference)
     return results
 
 
 def _qa_metrics(log: Mapping, prefix: str, general: bool) -> dict[str, dict]:
     """Prob, normalised Prob (general-knowledge sets), ROUGE and truth ratio of one split."""
-    answers = _values(log[f"{prefix}_Q_A_Prob"])
-    probs = [v["prob"] for v in answers]
-    out = {f"{prefix}_Q_A_Prob": mean_result(f"{prefix}_Q_A_Prob", probs)}
-    wrong = _values(log[f"{prefix}_Q_A_PERT_Prob"]) if f"{prefix}_Q_A_PERT_Prob" in log else None
+    answers, wrong, para = (f"{prefix}_Q_A_{kind}" for kind in ("Prob", "PERT_Prob", "PARA_Prob"))
+    probs = _values(log, answers, "prob")
+    out = {answers: mean_result(answers, probs)}
     if general:
-        norm = None if wrong is None else normalised_prob(probs, [v["prob"] for v in wrong], OPEN_UNLEARNING_EPS)
+        norm = None if wrong not in log else normalised_prob(probs, _values(log, wrong, "prob"), OPEN_UNLEARNING_EPS)
         out[f"{prefix}_Q_A_Prob_normalised"] = mean_result(f"{prefix}_Q_A_Prob_normalised", norm)
     if f"{prefix}_Q_A_ROUGE" in log:
-        rouge = _values(log[f"{prefix}_Q_A_ROUGE"])
-        out[f"{prefix}_Q_A_ROUGE"] = rouge_result(f"{prefix}_Q_A_ROUGE", [v["generation"] for v in rouge],
-                                                  [v["ground_truth"] for v in rouge])
-    para = f"{prefix}_Q_A_PARA_Prob"  # the correct answer of forget and retain; general knowledge uses the answer
-    correct = answers if general else (_values(log[para]) if para in log else None)
+        rouge = f"{prefix}_Q_A_ROUGE"
+        out[rouge] = rouge_result(rouge, _values(log, rouge, "generation"), _values(log, rouge, "ground_truth"))
+    correct = answers if general else para  # the correct answer of forget and retain; general knowledge uses the answer
     tr = None
-    if wrong is not None and correct is not None:
-        tr = truth_ratio([v["avg_loss"] for v in correct], [v["avg_loss"] for v in wrong], OPEN_UNLEARNING_EPS)
+    if wrong in log and correct in log:
+        tr = truth_ratio(_values(log, correct, "avg_loss"), _values(log, wrong, "avg_loss"), OPEN_UNLEARNING_EPS)
     out[f"{prefix}_truth_ratio"] = truth_ratio_result(f"{prefix}_truth_ratio", tr, OPEN_UNLEARNING_EPS)
     return out
 
 
-def _values(entry: Mapping) -> list:
-    return list(entry["value_by_index"].values())
+def _values(log: Mapping, metric: str, field: str, part: str | None = None) -> list:
+    """Per item, ``field`` of ``metric`` (of its ``part``, for MIA), refused naming metric, index and field
+    when missing or of the wrong kind: a hand-edited or truncated log must not end in a traceback."""
+    name = metric if part is None else f"{metric}.{part}"
+    entry = log[metric]
+    if part is not None:
+        entry = entry.get(part) if isinstance(entry, dict) else None
+    by_index = entry.get("value_by_index") if isinstance(entry, dict) else None
+    if not isinstance(by_index, dict):
+        raise PaluError(f"metric {name} has no value_by_index (per-item values); use the complete log "
+                        "open-unlearning wrote.")
+    kind = ("text" if field in TEXT_FIELDS else "a list of numbers" if metric.endswith("_PERT_Prob")
+            else "a number" if part else "a number or null")  # MIA's AUC takes no None
+    out = []
+    for index, value in by_index.items():
+        if not isinstance(value, dict) or field not in value:
+            raise PaluError(f"metric {name}: value_by_index[{index}] has no '{field}'; use the complete log "
+                            "open-unlearning wrote, or remove the metric.")
+        if not KINDS[kind](value[field]):
+            raise PaluError(f"metric {name}: value_by_index[{index}].{field} should be {kind}, "
+                            f"not {value[field]!r:.40}; fix the log.")
+        out.append(value[field])
+    return out
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+KINDS = {  # what a per-item field may hold; None marks an item open-unlearning could not score
+    "text": lambda v: isinstance(v, str),
+    "a number": _number,
+    "a number or null": lambda v: v is None or _number(v),
+    "a list of numbers": lambda v: isinstance(v, list) and all(map(_number, v)),
+}

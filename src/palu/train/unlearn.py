@@ -18,7 +18,7 @@ import torch
 
 from palu.data.labels import Encoded, collate, encode_all
 from palu.data.prompts import PromptConfig
-from palu.data.qa import QAItem
+from palu.data.qa import QAItem, shared_items
 from palu.errors import PaluError
 from palu.methods import get_method
 from palu.methods.common import Head, Setup
@@ -66,6 +66,10 @@ def unlearn(model, tokenizer, forget: list[QAItem], retain: list[QAItem], method
     """Unlearn ``forget`` from ``model`` in place with the named method; returns the per-epoch history."""
     if not forget or not retain:
         raise PaluError("unlearning needs a non-empty forget set and a non-empty retain set.")
+    shared = shared_items(forget, retain)
+    if shared:
+        log.warning("%d of %d forget items are also in the retain set (first: %s); unlearning pulls them both ways: "
+                    "check the forget and retain splits.", len(shared), len(forget), shared[0].source or shared[0].question)
     spec = get_method(method)
     unmarked = [item.source for item in forget if not item.spans]
     if unmarked and spec.uses_spans:
