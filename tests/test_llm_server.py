@@ -48,6 +48,12 @@ class Endpoint(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def do_GET(self):  # noqa: N802 (where urllib would send a redirected POST)
+        self.server.requests.append({"path": self.path, "auth": self.headers.get("Authorization", "")})
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def log_message(self, *args):
         pass
 
@@ -243,3 +249,14 @@ def test_a_password_in_an_unreachable_base_url_is_never_shown(tmp_path, capsys, 
         assert_failed(code, err, tmp_path)
         assert "base_url" in err and "alice" not in err
         assert_hidden(text, KEY, PASSWORD)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_followed_so_the_key_stays_home(serve, tmp_path, capsys, caplog, status):
+    elsewhere, stolen = serve(lambda n, auth, answer: good(answer))
+    url, _ = serve(lambda n, auth, answer: (status, "", {"Location": f"{elsewhere}/chat/completions"}))
+    code = annotate(tmp_path, url)
+    err, text = shown(tmp_path, capsys, caplog)
+    assert_failed(code, err, tmp_path)
+    assert f"redirects (HTTP {status})" in err and stolen == []
+    assert_hidden(text, KEY)

@@ -216,3 +216,23 @@ def test_atomic_writes_leave_the_old_file_when_interrupted(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         write_text(target, "new")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_a_link_to_the_home_folder_is_not_deleted_through(finished_run, tmp_path, monkeypatch, capsys):
+    home = copy_of(finished_run, tmp_path)
+    monkeypatch.setenv("HOME", str(home))
+    (tmp_path / "link").symlink_to(home)
+    assert unlearn(finished_run / "model", tmp_path / "link", "--overwrite") == 2
+    one_line_error(capsys, "current, home or root folder")
+    assert (home / "DONE").exists()
+
+
+def test_demo_and_eval_refuse_a_folder_palu_did_not_make(saved_model, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "data.csv").write_text("a,b\n")
+    assert main(["demo", f"output_dir={mine}", "--overwrite", "--quiet"]) == 2
+    one_line_error(capsys, "palu did not write")
+    assert main(["eval", f"model={saved_model}", f"output_dir={mine}", "--overwrite", "--quiet"]) == 2
+    one_line_error(capsys, "palu did not write")
+    assert (mine / "data.csv").read_text() == "a,b\n"

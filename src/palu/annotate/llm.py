@@ -164,11 +164,14 @@ class LLMAnnotator(Annotator):
             last = attempt == self.retries
             try:
                 request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with _OPENER.open(request, timeout=self.timeout) as response:
                     text = self._redact(response.read().decode("utf-8", "replace"))
                 break
             except urllib.error.HTTPError as e:
                 detail = self._redact(_body(e), 300)
+                if 300 <= e.code < 400:
+                    raise PaluError(f"llm annotator: {url} redirects (HTTP {e.code}); palu follows no redirect, so "
+                                    "the key never reaches another host: set base_url to the final address.") from None
                 if (e.code != 429 and e.code < 500) or last:
                     raise PaluError(f"llm annotator: {url} answered HTTP {e.code}: {detail}") from None
                 wait = _retry_after(e.headers.get("Retry-After"), self.backoff * 2**attempt)
@@ -206,6 +209,16 @@ class LLMAnnotator(Annotator):
                 if not overlaps(span, taken):
                     taken.append(span)
         return taken
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """urllib re-sends the Authorization header to wherever a redirect points; refuse them instead."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def parse_reply(content: str) -> list[str]:

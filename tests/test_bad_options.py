@@ -1,0 +1,99 @@
+"""Bad options and config files: one line that names the option or file, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from palu.cli import main
+
+UNLEARN = ["unlearn", "model=x"]
+SWEEP = ["sweep", "unlearn.model=x", "unlearn.eval.retain_reference=r.json"]
+
+
+@pytest.mark.parametrize("args,words", [
+    (UNLEARN + ["train.lr=-1"], "train.lr must be a positive number, not -1"),
+    (UNLEARN + ["train.lr=0"], "train.lr must be a positive number"),
+    (UNLEARN + ["train.lr=inf"], "train.lr must be a finite number"),
+    (UNLEARN + ["train.lr=.nan"], "train.lr must be a finite number"),
+    (UNLEARN + ["train.epochs=1e400"], "train.epochs must be a"),
+    (UNLEARN + ["train.max_grad_norm=-1"], "train.max_grad_norm must be zero or more"),
+    (UNLEARN + ["train.max_length=0"], "train.max_length must be at least 2"),
+    (UNLEARN + ["train.epochs=0"], "train.epochs"),
+    (UNLEARN + ["train.schedule=zigzag"], "train.schedule must be linear, cosine or constant"),
+    (UNLEARN + ["method.top_k=-5"], "method.top_k must be a positive number, or -1 for all, not -5"),
+    (UNLEARN + ["method.first_n=-7"], "method.first_n must be a positive number, or -1 for all, not -7"),
+    (UNLEARN + ["method.top_k=abc"], "method.top_k must be a number, not 'abc'"),
+    (UNLEARN + ["method.alpha=nan"], "method.alpha must be a finite number"),
+    (UNLEARN + ["method.alpha=-2"], "method.alpha must be zero or more"),
+    (UNLEARN + ["method.no_such_option=1"], "unknown option 'no_such_option'"),
+    (UNLEARN + ["method=npo", "method.beta=inf"], "method.beta must be a finite number"),
+    (UNLEARN + ["peft=lora", "peft.r=0"], "peft.r must be at least 1"),
+    (UNLEARN + ["train.lr"], "write it as key=value"),
+    (UNLEARN + ['data=[{path: '], "cannot read the value of the override"),
+    (UNLEARN + ["train=3"], "train is a section"),
+    (UNLEARN + ["--allow-config-change"], "goes with --resume"),
+    (["finetune", "scratch.hidden=30", "scratch.heads=4"], "scratch.hidden must be a multiple of scratch.heads (4)"),
+    (["finetune", "scratch.heads=0"], "scratch.heads must be at least 1"),
+    (["finetune", "scratch.layers=-1"], "scratch.layers must be at least 1"),
+    (SWEEP + ["space.lr=[1e-4]"], "space.lr must be a range [low, high]"),
+    (SWEEP + ["space.alpha=[5, 1]"], "space.alpha must be a range [low, high]"),
+    (SWEEP + ["space.top_k=[]"], "space.top_k must be a non-empty list"),
+    (SWEEP + ["space.first_n=[0, 3]"], "space.first_n must be a non-empty list of positive numbers"),
+    (SWEEP + ["trials=0"], "trials must be at least 1"),
+    (SWEEP + ["sampler=grid"], "sampler must be tpe or nsga2"),
+    (["sweep", "unlearn.model=x", "unlearn.eval.forget.path=synthetic", "unlearn.eval.forget.split=forget"],
+     "unlearn.eval.retain_reference"),
+    (["sweep", "unlearn.model=x"], "unlearn.eval.retain_reference"),
+    (["eval", "model=x", "questions=shuffled"], "questions must be 'original' or 'paraphrased'"),
+    (["attack", "model=x", "attacks=[fly]"], "unknown attack 'fly'"),
+    (["annotate", "annotator=psychic"], "psychic"),
+])
+def test_bad_option_is_one_line(args, words, tmp_path, capsys):
+    assert main([*args, f"output_dir={tmp_path / 'o'}", "--quiet"] if args[0] != "annotate" else args) == 2
+    err = capsys.readouterr().err
+    assert words in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def config_error(tmp_path, capsys, content: bytes | None, *words, folder: bool = False, named: bool = True) -> None:
+    path = tmp_path / "cfg.yaml"
+    if folder:
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    assert main(["unlearn", "--config", str(path), f"output_dir={tmp_path / 'o'}"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for word in ((str(path),) if named else ()) + words:
+        assert word in err, err
+
+
+def test_config_that_is_a_folder(tmp_path, capsys):
+    config_error(tmp_path, capsys, None, "is a folder", folder=True)
+
+
+def test_config_missing(tmp_path, capsys):
+    config_error(tmp_path, capsys, None, "no such config file")
+
+
+def test_config_not_utf8(tmp_path, capsys):
+    config_error(tmp_path, capsys, b"model: x\ntrain:\n  lr: 1e-5 \xff\xfe\n", ":3: not UTF-8")
+
+
+def test_config_broken_yaml_names_the_line(tmp_path, capsys):
+    config_error(tmp_path, capsys, b"model: x\ntrain: {lr: [\n", "not valid YAML")
+
+
+def test_config_not_a_mapping(tmp_path, capsys):
+    config_error(tmp_path, capsys, b"- model\n- x\n", "must hold a mapping")
+
+
+def test_config_with_a_byte_order_mark_is_read(tmp_path, capsys):
+    config_error(tmp_path, capsys, "\ufeffmodel: x\ntrain:\n  lr: -3\n".encode(), "train.lr must be a positive number",
+                 named=False)  # read past the mark: the error is the option's
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(Exception, match="train.lr must be a positive number"):
+        main(["unlearn", "model=x", "train.lr=-1", "--debug", f"output_dir={tmp_path / 'o'}"])
