@@ -9,25 +9,13 @@ import shutil
 
 import pytest
 
-from palu.cli import main
+from cli_helpers import one_line_error, unlearn
 from palu.errors import PaluError
 from palu.models import load_model, load_tokenizer, trust_remote_code
 
-TINY = ["synthetic.n_authors=4", "synthetic.forget_authors=1", "synthetic.holdout_authors=1", "forget.limit=4",
-        "retain.limit=4", "train.epochs=1", "train.batch_size=4", "train.max_length=256", "--quiet", "--threads=1"]
 EVIL = "import pathlib; pathlib.Path({flag!r}).write_text('ran')\n"
 
 
-def unlearn(model, out, *extra) -> int:
-    return main(["unlearn", f"model={model}", f"output_dir={out}", *TINY, *extra])
-
-
-def one_line(capsys, *words) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    for word in words:
-        assert word in err, err
-    return err
 
 
 def broken_copy(saved_model, tmp_path, name):
@@ -38,7 +26,7 @@ def test_a_folder_that_is_not_a_model(tmp_path, capsys):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("hello")
     assert unlearn(tmp_path / "notes", tmp_path / "o") == 2
-    one_line(capsys, "cannot load the model", "not a saved model folder")
+    one_line_error(capsys, "cannot load the model", "not a saved model folder")
     assert not (tmp_path / "o").exists()  # a failed start leaves nothing behind
 
 
@@ -47,14 +35,14 @@ def test_a_truncated_weights_file(saved_model, tmp_path, capsys):
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     assert unlearn(model, tmp_path / "o") == 2
-    one_line(capsys, "damaged or incomplete", "save the model again")
+    one_line_error(capsys, "damaged or incomplete", "save the model again")
 
 
 def test_a_model_without_weights(saved_model, tmp_path, capsys):
     model = broken_copy(saved_model, tmp_path, "noweights")
     (model / "model.safetensors").unlink()
     assert unlearn(model, tmp_path / "o") == 2
-    one_line(capsys, "cannot load the model", "model.safetensors")
+    one_line_error(capsys, "cannot load the model", "model.safetensors")
 
 
 def test_a_model_without_a_tokenizer(saved_model, tmp_path, capsys):
@@ -62,14 +50,14 @@ def test_a_model_without_a_tokenizer(saved_model, tmp_path, capsys):
     for path in model.glob("*token*"):
         path.unlink()
     assert unlearn(model, tmp_path / "o") == 2
-    one_line(capsys, "cannot load the tokenizer", "set tokenizer=PATH")
+    one_line_error(capsys, "cannot load the tokenizer", "set tokenizer=PATH")
 
 
 def test_a_broken_config_json(saved_model, tmp_path, capsys):
     model = broken_copy(saved_model, tmp_path, "badcfg")
     (model / "config.json").write_text("{not json")
     assert unlearn(model, tmp_path / "o") == 2
-    one_line(capsys, "cannot load the model", "not a valid JSON")
+    one_line_error(capsys, "cannot load the model", "not a valid JSON")
 
 
 def remote_model(saved_model, tmp_path, model_type: str = "palu_evil"):
@@ -88,7 +76,7 @@ def test_remote_code_never_runs_by_default_even_when_stdin_says_yes(saved_model,
     model, flag = remote_model(saved_model, tmp_path)
     monkeypatch.setattr("sys.stdin", io.StringIO("y\n" * 10))
     assert unlearn(model, tmp_path / "o") == 2
-    one_line(capsys, "ships its own Python code", "--trust-remote-code")
+    one_line_error(capsys, "ships its own Python code", "--trust-remote-code")
     assert not flag.exists()
 
 
@@ -134,7 +122,7 @@ def test_a_truncated_checkpoint_on_resume(saved_model, tmp_path, monkeypatch, ca
     weights.write_bytes(weights.read_bytes()[:500])
     capsys.readouterr()
     assert unlearn(saved_model, tmp_path / "run", "--resume") == 2
-    one_line(capsys, "checkpoint is damaged or incomplete", "--overwrite")
+    one_line_error(capsys, "checkpoint is damaged or incomplete", "--overwrite")
     assert not (tmp_path / "run" / "DONE").exists()
 
 

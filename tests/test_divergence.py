@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from palu.cli import main
+from cli_helpers import one_line_error, unlearn
 from palu.data.labels import collate, encode_all
 from palu.data.prompts import PromptConfig
 from palu.data.synthetic import synthetic_splits
@@ -19,33 +19,21 @@ from palu.models import tiny_llama
 from palu.train.finetune import nll_step
 from palu.train.loop import CHECKPOINT, EpochData, TrainConfig, train
 
-TINY = ["synthetic.n_authors=4", "synthetic.forget_authors=1", "synthetic.holdout_authors=1", "forget.limit=4",
-        "retain.limit=4", "train.batch_size=2", "train.max_length=256", "--quiet", "--threads=1"]
 
 
-def unlearn(model, out, *extra) -> int:
-    return main(["unlearn", f"model={model}", f"output_dir={out}", *TINY, *extra])
-
-
-def one_line(capsys, *words) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    for word in words:
-        assert word in err, err
-    return err
 
 
 def test_an_exploding_learning_rate_stops_the_run_unfinished(saved_model, tmp_path, capsys):
     out = tmp_path / "run"
     assert unlearn(saved_model, out, "train.lr=1e30", "train.epochs=3", "train.warmup_epochs=0") == 2
-    one_line(capsys, "training diverged at epoch", "step", "Lower train.lr")
+    one_line_error(capsys, "training diverged at epoch", "step", "Lower train.lr")
     assert not (out / "DONE").exists() and not (out / "model").exists()
 
 
 def test_a_huge_weight_stops_at_the_first_step_with_nothing_saved(saved_model, tmp_path, capsys):
     out = tmp_path / "run"
     assert unlearn(saved_model, out, "method.alpha=1e38", "train.epochs=1") == 2
-    one_line(capsys, "epoch 1, step 1: the loss is inf", "nothing was saved")
+    one_line_error(capsys, "epoch 1, step 1: the loss is inf", "nothing was saved")
     assert not (out / "DONE").exists() and not (out / CHECKPOINT).exists()
 
 
@@ -109,7 +97,7 @@ def test_a_full_disk_while_checkpointing_says_so_and_resume_continues(failure, s
 
     monkeypatch.setattr(Accelerator, "save_state", full_on_second)
     assert unlearn(saved_model, tmp_path / "run", "train.epochs=2") == 2
-    one_line(capsys, "disk", "full", "--resume")
+    one_line_error(capsys, "disk", "full", "--resume")
     monkeypatch.undo()
     assert not (tmp_path / "run" / "DONE").exists()
     assert unlearn(saved_model, tmp_path / "run", "train.epochs=2", "--resume") == 0
@@ -126,7 +114,7 @@ def test_a_full_disk_while_saving_the_model_says_so_and_resume_finishes(saved_mo
 
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
     assert unlearn(saved_model, tmp_path / "run", "train.epochs=1") == 2
-    one_line(capsys, "the disk is full", "--resume")
+    one_line_error(capsys, "the disk is full", "--resume")
     monkeypatch.undo()
     assert not (tmp_path / "run" / "DONE").exists() and (tmp_path / "run" / CHECKPOINT).exists()
     assert unlearn(saved_model, tmp_path / "run", "train.epochs=1", "--resume") == 0

@@ -12,25 +12,14 @@ import sys
 
 import pytest
 
+from cli_helpers import TINY_UNLEARN, one_line_error, unlearn
 from palu.cli import main
 from palu.errors import PaluError
 from palu.io import write_text
 from palu.runs import MARKER, Reuse, run_folder
 
-TINY = ["synthetic.n_authors=4", "synthetic.forget_authors=1", "synthetic.holdout_authors=1", "forget.limit=4",
-        "retain.limit=4", "train.epochs=1", "train.batch_size=4", "train.max_length=256", "--quiet", "--threads=1"]
 
 
-def unlearn(model, out, *extra) -> int:
-    return main(["unlearn", f"model={model}", f"output_dir={out}", *TINY, *extra])
-
-
-def one_line_error(capsys, *words) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    for word in words:
-        assert word in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +137,7 @@ def test_a_folder_in_use_is_refused(saved_model, tmp_path, capsys):
 
 def test_two_commands_started_together_never_share_a_folder(saved_model, tmp_path):
     out = tmp_path / "race"
-    cmd = [sys.executable, "-m", "palu.cli", "unlearn", f"model={saved_model}", f"output_dir={out}", *TINY]
+    cmd = [sys.executable, "-m", "palu.cli", "unlearn", f"model={saved_model}", f"output_dir={out}", *TINY_UNLEARN]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
