@@ -30,6 +30,13 @@ def test_a_folder_that_is_not_a_model(tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # a failed start leaves nothing behind
 
 
+@pytest.mark.parametrize("option", ["model", "tokenizer"])
+@pytest.mark.parametrize("path", ["/no/such/model", "./missing", "runs/x/model"])
+def test_a_missing_local_path_is_named_at_once(option, path, saved_model, tmp_path, capsys):
+    assert unlearn(saved_model, tmp_path / "o", f"{option}={path}") == 2
+    one_line_error(capsys, f"cannot load the {option} {path!r}: no such folder")
+
+
 def test_a_truncated_weights_file(saved_model, tmp_path, capsys):
     model = broken_copy(saved_model, tmp_path, "cut")
     weights = model / "model.safetensors"

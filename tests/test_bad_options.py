@@ -28,11 +28,13 @@ SWEEP = ["sweep", "unlearn.model=x", "unlearn.eval.retain_reference=r.json"]
     (UNLEARN + ["method.no_such_option=1"], "unknown option 'no_such_option'"),
     (UNLEARN + ["method=npo", "method.beta=inf"], "method.beta must be a finite number"),
     (UNLEARN + ["peft=lora", "peft.r=0"], "peft.r must be at least 1"),
+    (UNLEARN + ["forget.limit=-1"], "forget.limit must be a non-negative number of items"),
+    (["eval", "model=x", "retain.limit=-3"], "retain.limit must be a non-negative number of items"),
     (UNLEARN + ["train.lr"], "write it as key=value"),
     (UNLEARN + ['data=[{path: '], "cannot read the value of the override"),
     (UNLEARN + ["train=3"], "train is a section"),
     (UNLEARN + ["--allow-config-change"], "goes with --resume"),
-    (["finetune", "scratch.hidden=30", "scratch.heads=4"], "scratch.hidden must be a multiple of scratch.heads (4)"),
+    (["finetune", "scratch.hidden=30", "scratch.heads=4"], "scratch.hidden must be a multiple of heads (4), not 30"),
     (["finetune", "scratch.heads=0"], "scratch.heads must be at least 1"),
     (["finetune", "scratch.layers=-1"], "scratch.layers must be at least 1"),
     (SWEEP + ["space.lr=[1e-4]"], "space.lr must be a range [low, high]"),
@@ -97,3 +99,12 @@ def test_config_with_a_byte_order_mark_is_read(tmp_path, capsys):
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(Exception, match="train.lr must be a positive number"):
         main(["unlearn", "model=x", "train.lr=-1", "--debug", f"output_dir={tmp_path / 'o'}"])
+
+
+def test_a_nested_option_is_named_by_its_full_path(tmp_path, capsys):
+    args = ["sweep", "unlearn.model=x", "unlearn.eval.retain_reference=r.json", "unlearn.train.lr=-1",
+            f"output_dir={tmp_path / 'o'}"]
+    assert main(args) == 2
+    assert "unlearn.train.lr must be a positive number, not -1" in capsys.readouterr().err
+    assert main(["demo", "finetune.max_grad_norm=-2", f"output_dir={tmp_path / 'o'}"]) == 2
+    assert "finetune.max_grad_norm must be zero or more" in capsys.readouterr().err

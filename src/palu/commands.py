@@ -40,8 +40,8 @@ class ScratchConfig:
 
     def __post_init__(self) -> None:
         for name in ("hidden", "layers", "heads", "max_positions"):
-            require(getattr(self, name) >= 1, f"scratch.{name}", "at least 1", getattr(self, name))
-        require(self.hidden % self.heads == 0, "scratch.hidden", f"a multiple of scratch.heads ({self.heads})",
+            require(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
+        require(self.hidden % self.heads == 0, "hidden", f"a multiple of heads ({self.heads})",
                 self.hidden)
 
 

@@ -19,10 +19,22 @@ from palu.errors import PaluError
 from palu.io import read_text
 
 
+class OptionError(PaluError):
+    """An option's value outside its allowed range; ``build`` names the option by its full dotted path."""
+
+    def __init__(self, option: str, rule: str, value):
+        self.option, self.rule, self.value = option, rule, value
+        super().__init__(f"{option} must be {rule}, not {value!r}.")
+
+    def within(self, section: str) -> OptionError:
+        return OptionError(f"{section}.{self.option}", self.rule, self.value)
+
+
 def require(ok: bool, option: str, rule: str, value) -> None:
-    """Refuse an option's value outside its allowed range, in the one wording every option uses."""
+    """Refuse a section's option (named relative to its section) outside its allowed range, in the one
+    wording every option uses."""
     if not ok:
-        raise PaluError(f"{option} must be {rule}, not {value!r}.")
+        raise OptionError(option, rule, value)
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -91,6 +103,8 @@ def build(cls: type, data: dict | None, where: str = "config") -> Any:
             kwargs[name] = build(hints[name], {}, name)
     try:
         return cls(**kwargs)
+    except OptionError as exc:
+        raise (exc.within(where) if where != "config" else exc) from None
     except TypeError as exc:
         raise PaluError(f"{where}: {exc}".replace("__init__()", cls.__name__)) from None
 

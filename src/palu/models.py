@@ -103,6 +103,11 @@ def load_model(name_or_path: str, dtype: str = "auto"):
         return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype, trust_remote_code=remote)
 
 
+def _looks_local(name: str) -> bool:
+    """A path no hub id can be: absolute, relative to here or home, or more than one folder deep."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name
+
+
 @contextmanager
 def _loading(what: str, name_or_path: str):
     """Turn transformers' and safetensors' loading errors into one line naming the folder and the cure."""
@@ -110,6 +115,8 @@ def _loading(what: str, name_or_path: str):
 
     local = Path(name_or_path).exists()
     where = f"cannot load the {what} {name_or_path!r}"
+    if not local and _looks_local(name_or_path):
+        raise PaluError(f"{where}: no such folder; check the path (a hub id is written owner/name).")
     try:
         yield
     except SafetensorError as exc:

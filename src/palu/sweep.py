@@ -52,11 +52,11 @@ class SearchSpace:
     def __post_init__(self) -> None:
         for name in ("lr", "alpha"):
             bounds = getattr(self, name)
-            require(len(bounds) == 2 and 0 < bounds[0] <= bounds[1], f"space.{name}",
+            require(len(bounds) == 2 and 0 < bounds[0] <= bounds[1], name,
                     "a range [low, high] with 0 < low <= high", bounds)
         for name in ("top_k", "first_n"):
             choices = getattr(self, name)
-            require(len(choices) > 0 and all(c >= 1 or c == -1 for c in choices), f"space.{name}",
+            require(len(choices) > 0 and all(c >= 1 or c == -1 for c in choices), name,
                     "a non-empty list of positive numbers (or -1 for all)", choices)
 
 

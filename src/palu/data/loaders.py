@@ -17,6 +17,7 @@ from itertools import islice, zip_longest
 from pathlib import Path
 
 from palu.data.qa import QAItem, Span
+from palu.config import require
 from palu.errors import PaluError
 from palu.io import read_text
 
@@ -58,6 +59,10 @@ class DataSource:
     spans_field: str = "spans"
     limit: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.limit is not None:
+            require(self.limit >= 0, "limit", "a non-negative number of items (or null for all)", self.limit)
+
 
 def load_qa(source: DataSource) -> list[QAItem]:
     """Load and validate the QA items ``source`` points at.
@@ -65,8 +70,6 @@ def load_qa(source: DataSource) -> list[QAItem]:
     Each item's ``source`` is ``file:line`` for JSON Lines, ``file:row`` (1-based) for JSON
     arrays, CSV and Parquet, and ``hub_id/split[index]`` (0-based) for hub rows.
     """
-    if source.limit is not None and source.limit < 0:
-        raise PaluError(f"limit must be a non-negative number of items or None, not {source.limit}.")
     rows, label = _rows(source)
     items = [_to_item(row, where, source) for where, row in islice(rows, source.limit)]
     if not items and source.limit != 0:

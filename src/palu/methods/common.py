@@ -152,7 +152,7 @@ class WeightedOptions(RetainOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("gamma", "alpha"):
-            require(getattr(self, name) >= 0, f"method.{name}", "zero or more", getattr(self, name))
+            require(getattr(self, name) >= 0, name, "zero or more", getattr(self, name))
 
 
 def weighted_total(model, batch: dict, ref_head: Head, forget: torch.Tensor, cfg: WeightedOptions) -> dict:

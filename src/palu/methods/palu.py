@@ -53,7 +53,7 @@ class PaluConfig(WeightedOptions):
                 raise PaluError(f"method.{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}.")
         for name in ("top_k", "first_n"):
             value = getattr(self, name)
-            require(value >= 1 or value == -1, f"method.{name}", "a positive number, or -1 for all", value)
+            require(value >= 1 or value == -1, name, "a positive number, or -1 for all", value)
 
 
 def local_entropy(h: torch.Tensor, ref_h: torch.Tensor, head: Head, ref_head: Head, top_k: int,

@@ -68,10 +68,10 @@ class TrainConfig:
             raise PaluError(f"train.bf16 must be auto, true or false, not {self.bf16!r}.")
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise PaluError("train.epochs, train.batch_size and train.grad_accum must be at least 1.")
-        require(self.lr > 0, "train.lr", "a positive number", self.lr)
+        require(self.lr > 0, "lr", "a positive number", self.lr)
         for name in ("warmup_epochs", "weight_decay", "max_grad_norm"):
-            require(getattr(self, name) >= 0, f"train.{name}", "zero or more", getattr(self, name))
-        require(self.max_length >= 2, "train.max_length", "at least 2 tokens", self.max_length)
+            require(getattr(self, name) >= 0, name, "zero or more", getattr(self, name))
+        require(self.max_length >= 2, "max_length", "at least 2 tokens", self.max_length)
 
 
 class EpochData(Dataset):
