@@ -225,3 +225,18 @@ def test_demo_and_eval_refuse_a_folder_palu_did_not_make(saved_model, tmp_path, 
     assert main(["eval", f"model={saved_model}", f"output_dir={mine}", "--overwrite", "--quiet"]) == 2
     one_line_error(capsys, "palu did not write")
     assert (mine / "data.csv").read_text() == "a,b\n"
+
+
+def test_a_model_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    from palu.io import replacing_dir
+
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "model.safetensors").write_text("epoch 2")
+    with pytest.raises(KeyboardInterrupt), replacing_dir(tmp_path / "best") as tmp:
+        (tmp / "model.safetensors").write_text("half of epoch 3")
+        raise KeyboardInterrupt
+    assert (tmp_path / "best" / "model.safetensors").read_text() == "epoch 2"
+    with replacing_dir(tmp_path / "best") as tmp:
+        (tmp / "model.safetensors").write_text("epoch 3")
+    assert (tmp_path / "best" / "model.safetensors").read_text() == "epoch 3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]

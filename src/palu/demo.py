@@ -19,7 +19,7 @@ from palu.data.prompts import PromptConfig
 from palu.data.sources import SyntheticConfig, synthetic
 from palu.data.synthetic import synthetic_splits
 from palu.eval.core import format_value
-from palu.io import read_json, write_json
+from palu.io import read_json, replacing_dir, write_json
 from palu.methods import METHODS
 from palu.models import train_bpe_tokenizer
 from palu.runs import Reuse, run_folder
@@ -91,7 +91,8 @@ def _stages(cfg: DemoConfig, out: Path, progress: bool, compare: bool) -> dict:
         s = cfg.synthetic
         splits = synthetic_splits(s.n_authors, s.forget_authors, s.holdout_authors, s.seed)
         texts = qa_texts(splits.retain + splits.forget + splits.holdout)
-        train_bpe_tokenizer(texts, cfg.scratch.vocab_size).save_pretrained(tok_dir)
+        with replacing_dir(tok_dir) as tmp:
+            train_bpe_tokenizer(texts, cfg.scratch.vocab_size).save_pretrained(tmp)
     common = dict(synthetic=cfg.synthetic, prompt=cfg.prompt)
     models = {}
     for name, split in (("retain", "retain"), ("full", "full")):

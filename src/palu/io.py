@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from palu.errors import PaluError, os_error
@@ -48,6 +51,34 @@ def write_text(path: str | Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def copy_file(source: str | Path, target: str | Path) -> Path:
+    """Copy a file atomically, so a reader (another sweep worker, say) never sees half of it."""
+    return write_text(target, read_text(source))
+
+
+@contextmanager
+def replacing_dir(path: str | Path) -> Iterator[Path]:
+    """A fresh folder to fill in place of ``path``; it replaces ``path`` only once the block ends
+    without error, so an interruption leaves the old folder (or none), never half of a new one."""
+    path = Path(path)
+    parent_ready(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    old = path.with_name(f".{path.name}.old")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        yield tmp
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+    except OSError as e:
+        raise os_error(e, path) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: str | Path, obj) -> Path:

@@ -29,7 +29,7 @@ import yaml
 
 from palu.config import dump, to_dict
 from palu.errors import PaluError, os_error
-from palu.io import parent_ready, read_text, write_json, write_text
+from palu.io import parent_ready, read_text, replacing_dir, write_json, write_text
 from palu.train.loop import CHECKPOINT, process_state
 
 MODEL_DIR = "model"
@@ -108,15 +108,22 @@ def save_config(run: str | Path, cfg) -> None:
 def finish(run: str | Path, model, tokenizer, history: list[dict]) -> Path:
     """Save the trained model and its history, drop the checkpoint, mark the run finished."""
     run = Path(run)
-    try:
-        model.save_pretrained(run / MODEL_DIR)
-        tokenizer.save_pretrained(run / MODEL_DIR)
-    except OSError as e:
-        raise os_error(e, run / MODEL_DIR) from None
+    save_model(run / MODEL_DIR, model, tokenizer)
     write_json(run / "history.json", history)
     shutil.rmtree(run / CHECKPOINT, ignore_errors=True)
     write_text(run / DONE, "")
     return run / MODEL_DIR
+
+
+def save_model(folder: Path, model, tokenizer) -> Path:
+    """``save_pretrained`` of both into ``folder``, which holds all of them or what it held before."""
+    with replacing_dir(folder) as tmp:
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        except OSError as e:
+            raise os_error(e, folder) from None
+    return folder
 
 
 def _claim(path: Path, command: str, cfg, reuse: Reuse, ignore: tuple[str, ...]) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from palu.commands import UnlearnConfig, run_unlearn
 from palu.config import require
 from palu.errors import PaluError
-from palu.io import read_json, write_json
+from palu.io import copy_file, read_json, write_json
 from palu.runs import Reuse, new_run, run_folder
 from palu.train.selection import UTILITY_FALLBACK, best_epoch, epoch_path, share_start, utility_floor
 
@@ -141,7 +141,7 @@ def _search(cfg: SweepConfig, out: Path, progress: bool) -> list[dict]:
             pruned = True
         finally:
             if not (out / START).is_file() and epoch_path(run, 0).is_file():
-                shutil.copy(epoch_path(run, 0), out / START)
+                copy_file(epoch_path(run, 0), out / START)
         records = sorted((read_json(p)["summary"] for p in (run / "eval").glob("epoch-*.json")), key=lambda r: r["epoch"])
         kept = best_epoch(records, rule)
         chosen = kept or records[-1]

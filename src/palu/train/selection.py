@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,8 @@ from palu.data.prompts import PromptConfig
 from palu.eval.metrics import get_metric
 from palu.eval.core import summary
 from palu.eval.tofu import evaluate_tofu
-from palu.io import read_json, write_json
+from palu.io import copy_file, read_json, write_json
+from palu.runs import save_model
 
 log = logging.getLogger(__name__)
 UTILITY_FALLBACK = "retain_Q_A_Prob"
@@ -72,8 +72,7 @@ def share_start(run: Path, start: Path) -> None:
     runs from one model on the same sets evaluate that model once between them."""
     target = epoch_path(run, 0)
     if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(start, target)
+        copy_file(start, target)
 
 
 class EpochEvaluator:
@@ -106,8 +105,7 @@ class EpochEvaluator:
         record = self.evaluate(epoch, model)
         best = best_epoch(self.records, self.rule)
         if best is not None and best["epoch"] == epoch:
-            model.save_pretrained(self.run / BEST_DIR)  # a PEFT model saves its adapter
-            self.tokenizer.save_pretrained(self.run / BEST_DIR)
+            save_model(self.run / BEST_DIR, model, self.tokenizer)  # a PEFT model saves its adapter
             write_json(self.run / "best.json", {"rule": vars(self.rule), **best})
             log.info("epoch %d is the best so far by %s; saved to %s", epoch, self.rule.metric, self.run / BEST_DIR)
         if self.stop is not None:
