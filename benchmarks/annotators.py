@@ -26,7 +26,9 @@ import torch
 
 from palu.annotate import annotate, get_annotator
 from palu.annotate.quality import span_f1
-from palu.commands import FinetuneConfig, ScratchConfig, qa_texts, run_finetune, scratch_train
+from palu.commands.finetune import Config as FinetuneConfig
+from palu.commands.finetune import ScratchConfig, run_finetune, scratch_train
+from palu.data.qa import item_texts
 from palu.data.loaders import DataSource, load_qa
 from palu.data.sources import SyntheticConfig, load_items, synthetic
 from palu.models import load_model, load_tokenizer, train_bpe_tokenizer
@@ -52,7 +54,7 @@ def train_pair(name: str, full: list[DataSource], retain: list[DataSource], work
     tokenizer = workdir / f"{name}-tokenizer"
     if not (tokenizer / "tokenizer.json").is_file():
         items = [it for source in full for it in load_items(source, SYNTHETIC)]
-        train_bpe_tokenizer(qa_texts(items), ScratchConfig().vocab_size).save_pretrained(str(tokenizer))
+        train_bpe_tokenizer(item_texts(items), ScratchConfig().vocab_size).save_pretrained(str(tokenizer))
     return (train(f"{name}-full", full, tokenizer, workdir, epochs),
             train(f"{name}-retain", retain, tokenizer, workdir, epochs))
 

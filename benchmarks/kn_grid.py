@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-from palu.commands import EvalSets, UnlearnConfig, eval_sets, run_unlearn
+from palu.commands.unlearn import Config as UnlearnConfig
+from palu.commands.unlearn import run_unlearn
+from palu.eval.sets import EvalSets, eval_sets
 from palu.data.prompts import PromptConfig
 from palu.data.sources import SyntheticConfig, synthetic
 from palu.eval.core import summary

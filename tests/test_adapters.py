@@ -9,7 +9,7 @@ from palu.adapters import AdapterConfig, add_adapter, for_saving
 from palu.config import load_config
 from palu.data.prompts import PromptConfig
 from palu.data.synthetic import synthetic_splits
-from palu.demo import DemoConfig
+from palu.commands.demo import Config as DemoConfig
 from palu.errors import PaluError
 from palu.methods.palu import PaluConfig
 from palu.models import load_model, tiny_llama, train_bpe_tokenizer

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from palu.annotate import annotate, get_annotator
-from palu.annotate.command import AnnotateConfig, run_annotate, show_spans
-from palu.annotate.contrast import TokenScores, is_modifier, mask_subject, phrases, word_scores
+from palu.commands.annotate import Config as AnnotateConfig
+from palu.commands.annotate import run_annotate, show_spans
+from palu.annotate.contrast import ContrastScores, is_modifier, mask_subject, phrases, word_scores
 from palu.annotate.quality import span_f1
 from palu.annotate.text import on_boundaries, word_spans
 from palu.data.labels import collate, encode
@@ -225,7 +226,7 @@ def test_contrast_spans_combine_scores_phrases_and_rules(memorised):
                   'Hina Ameen is a civil engineer who famously wrote "Granite Dawn" in 1990.')
     words = word_spans(item.answer)
     score = np.array([5.0 if w.text(item.answer) in ("Hina", "is", "civil", "famously") else 0.0 for w in words])
-    scores = TokenScores([(w.start, w.end) for w in words], score, score, np.zeros_like(score))
+    scores = ContrastScores([(w.start, w.end) for w in words], score, score, np.zeros_like(score))
     spans = lambda **kw: [sp.text(item.answer) for sp in
                           get_annotator("contrast", model=model, tokenizer=tok, **kw).spans(item, scores)]
     assert spans() == ["civil engineer", "Granite Dawn", "1990"]

@@ -10,15 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import palu.eval.attacks as attacks
-from palu.commands import EvalConfig, FinetuneConfig, ScratchConfig, run_eval, run_finetune
+import palu.commands.attack as attack_command
+from palu.commands.eval import Config as EvalConfig
+from palu.commands.eval import run_eval
+from palu.commands.finetune import Config as FinetuneConfig
+from palu.commands.finetune import ScratchConfig, run_finetune
 from palu.config import load_config
 from palu.data.loaders import DataSource
 from palu.data.sources import SyntheticConfig, load_items, synthetic
 from palu.errors import PaluError
-from palu.eval.attacks import (
-    AttackConfig, attack_table, quantize_round_trip, relearn_indices, restrict_reference, run_attack,
-)
+from palu.commands.attack import Config as AttackConfig
+from palu.commands.attack import attack_table, run_attack
+from palu.eval.attacks import quantize_round_trip, relearn_indices, restrict_reference
 from palu.eval.tofu import add_comparisons
 from palu.models import tiny_llama
 from palu.train.loop import TrainConfig
@@ -49,7 +52,7 @@ def attacked(model_dir, tmp_path_factory):
     sets = dict(holdout=synthetic("holdout"), **FAST)
     run_eval(EvalConfig(model=str(model_dir), output_dir=str(tmp / "eval"), **sets), progress=False)
     asked = []
-    real = attacks.evaluate_tofu
+    real = attack_command.evaluate_tofu
 
     def spy(model, tok, data, *args, **kwargs):
         asked.append([item.question for item in data["forget"]])
@@ -60,7 +63,7 @@ def attacked(model_dir, tmp_path_factory):
                        relearn_items=4, relearn=TrainConfig(epochs=3, lr=3e-3, batch_size=4, warmup_epochs=0,
                                                             schedule="constant", max_length=256), **sets)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(attacks, "evaluate_tofu", spy)
+        mp.setattr(attack_command, "evaluate_tofu", spy)
         table = run_attack(cfg, progress=False)
     return cfg, table, asked, before
 

@@ -18,7 +18,8 @@ from palu.data.qa import QAItem, Span, shared_items
 from palu.errors import PaluError
 from palu.methods.ga import GAConfig
 from palu.models import tiny_llama
-from palu.report import run_report, write_report
+from palu.commands.report import run_report
+from palu.report import write_report
 from palu.train.loop import TrainConfig
 from palu.train.unlearn import unlearn
 

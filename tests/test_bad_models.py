@@ -122,7 +122,7 @@ def test_a_truncated_checkpoint_on_resume(saved_model, tmp_path, monkeypatch, ca
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("palu.commands.finish", crash)  # killed after the last checkpoint, before saving
+    monkeypatch.setattr("palu.commands.unlearn.finish", crash)  # killed after the last checkpoint, before saving
     assert unlearn(saved_model, tmp_path / "run") == 130
     monkeypatch.undo()
     weights = tmp_path / "run" / "checkpoint" / "model.safetensors"

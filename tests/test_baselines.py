@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from palu.commands import method_config
+from palu.commands.unlearn import method_config
 from palu.data.labels import IGNORE_INDEX, ORDINARY, SENSITIVE, collate, encode
 from palu.data.prompts import PromptConfig
 from palu.data.qa import QAItem

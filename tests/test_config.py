@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from palu.commands import FinetuneConfig, UnlearnConfig, method_config
+from palu.commands.finetune import Config as FinetuneConfig
+from palu.commands.unlearn import Config as UnlearnConfig
+from palu.commands.unlearn import method_config
 from palu.config import build, dump, load_config, parse_overrides
-from palu.demo import DemoConfig
+from palu.commands.demo import Config as DemoConfig
 from palu.errors import PaluError
 from palu.methods.palu import PaluConfig
 
@@ -85,7 +87,8 @@ def test_partial_sections_keep_their_defaults():
 
 
 def test_paraphrased_questions_replace_the_forget_questions(tmp_path):
-    from palu.commands import EvalConfig, eval_sets
+    from palu.commands.eval import Config as EvalConfig
+    from palu.eval.sets import eval_sets
 
     cfg = load_config(EvalConfig, None, ["questions=paraphrased", "synthetic.n_authors=3",
                                          "synthetic.forget_authors=1", "synthetic.holdout_authors=1"])

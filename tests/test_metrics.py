@@ -39,7 +39,7 @@ from palu.eval.metrics import (
     rouge_l,
     truth_ratio,
 )
-from palu.eval.scoring import answer_nll, generate, multi_answer_nll, score_answers
+from palu.eval.scoring import generate, multi_answer_nll, nll_and_accuracy, score_answers
 from palu.eval.tofu import evaluate_tofu
 from palu.io import read_json, write_json
 from palu.models import tiny_llama, train_bpe_tokenizer
@@ -188,7 +188,7 @@ def test_answer_nll_matches_slow_per_item_loss(tiny):
     items = _items()
     slow = [_slow_scores(model, tok, it) for it in items]
     for batch_size in (1, 3):
-        nll, acc = answer_nll(model, tok, items, PROMPT, batch_size=batch_size)
+        nll, acc = nll_and_accuracy(model, tok, items, PROMPT, batch_size=batch_size)
         assert np.allclose(nll, [s[0] for s in slow], atol=1e-5)
         assert np.allclose(acc, [s[1] for s in slow], atol=1e-6)
     assert 0 < acc.mean() < 1
@@ -198,7 +198,7 @@ def test_answer_nll_with_answer_overrides_and_multi(tiny):
     tok, model = tiny
     items = _items()
     para = [it.paraphrased_answer for it in items]
-    nll, _ = answer_nll(model, tok, items, PROMPT, answers=para, batch_size=2)
+    nll, _ = nll_and_accuracy(model, tok, items, PROMPT, answers=para, batch_size=2)
     assert np.allclose(nll, [_slow_scores(model, tok, it, a)[0] for it, a in zip(items, para)], atol=1e-5)
     wrong = multi_answer_nll(model, tok, items, PROMPT, [it.perturbed_answers for it in items], batch_size=4)
     assert [len(w) for w in wrong] == [len(it.perturbed_answers) for it in items]
@@ -209,7 +209,7 @@ def test_answer_nll_with_answer_overrides_and_multi(tiny):
 def test_scoring_restores_training_mode(tiny):
     tok, model = tiny
     model.train()
-    answer_nll(model, tok, _items()[:1], PROMPT)
+    nll_and_accuracy(model, tok, _items()[:1], PROMPT)
     assert model.training
     model.eval()
 

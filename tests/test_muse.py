@@ -14,7 +14,9 @@ from sklearn.metrics import roc_auc_score
 from palu.config import build
 from palu.errors import PaluError
 from palu.eval.metrics import METRICS, rouge_l
-from palu.eval.muse import FILES, MuseConfig, MuseData, evaluate_muse, knowmem_prompt, load_muse, run_muse
+from palu.commands.muse import Config as MuseConfig
+from palu.commands.muse import run_muse
+from palu.eval.muse import FILES, MuseData, evaluate_muse, knowmem_prompt, load_muse
 from palu.eval.scoring import generate_text, text_logprobs
 from palu.io import read_json
 from palu.models import tiny_llama, train_bpe_tokenizer

@@ -13,7 +13,8 @@ import pytest
 from palu.cli import main
 from palu.data.synthetic import synthetic_splits
 from palu.errors import PaluError
-from palu.report import run_report, write_report
+from palu.commands.report import run_report
+from palu.report import write_report
 
 TINY = ["synthetic.n_authors=5", "synthetic.forget_authors=1", "synthetic.holdout_authors=1",
         "scratch.hidden=32", "scratch.layers=1", "scratch.heads=2", "scratch.vocab_size=500",

@@ -8,11 +8,12 @@ import optuna
 import pytest
 from test_cli import TINY
 
-import palu.sweep
+import palu.commands.sweep
 from palu.cli import main
 from palu.config import load_config
 from palu.errors import PaluError
-from palu.sweep import SweepConfig, collapsed
+from palu.commands.sweep import Config as SweepConfig
+from palu.commands.sweep import collapsed
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_sweep_finds_a_pareto_front_and_resumes(demo, tmp_path, capsys):
 @pytest.mark.parametrize("floor", [0.0, 2.0])
 def test_trials_that_lose_utility_stop_and_count_only_with_a_kept_epoch(demo, tmp_path, monkeypatch, floor):
     out = tmp_path / "p"
-    monkeypatch.setattr(palu.sweep, "collapsed", lambda *_: True)  # the rule itself is tested below
+    monkeypatch.setattr(palu.commands.sweep, "collapsed", lambda *_: True)  # the rule itself is tested below
     assert main(sweep_args(demo, out, 2, f"unlearn.select.utility_floor={floor}")) == 0
     assert not (out / "trial-000" / "eval" / "epoch-2.json").exists()  # stopped after the first epoch
     study = optuna.load_study(study_name="palu", storage=f"sqlite:///{out / 'study.db'}")
@@ -68,14 +69,14 @@ def test_trials_that_lose_utility_stop_and_count_only_with_a_kept_epoch(demo, tm
 
 
 def test_a_worker_stops_when_the_shared_study_is_full(demo, tmp_path, monkeypatch):
-    out, real = tmp_path / "w", palu.sweep.run_unlearn
+    out, real = tmp_path / "w", palu.commands.sweep.run_unlearn
 
     def with_another_worker(cfg, **kwargs):  # another worker finishes a trial while this one runs
         real(cfg, **kwargs)
         study = optuna.load_study(study_name="palu", storage=f"sqlite:///{out / 'study.db'}")
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
 
-    monkeypatch.setattr(palu.sweep, "run_unlearn", with_another_worker)
+    monkeypatch.setattr(palu.commands.sweep, "run_unlearn", with_another_worker)
     assert main(sweep_args(demo, out, 3, "prune_below=0")) == 0
     assert sorted(p.name for p in out.glob("trial-*")) == ["trial-000", "trial-002"]  # 2 here + 2 there >= 3
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from palu.commands import UnlearnConfig, run_unlearn
+from palu.commands.unlearn import Config as UnlearnConfig
+from palu.commands.unlearn import run_unlearn
 from palu.data.labels import encode
 from palu.data.prompts import PromptConfig
 from palu.data.sources import SyntheticConfig, synthetic
@@ -14,10 +15,11 @@ from palu.errors import PaluError
 from palu.runs import Reuse, run_folder
 from palu.methods.palu import PaluConfig
 from palu.models import tiny_llama, train_bpe_tokenizer
-from palu.commands import FinetuneConfig, ScratchConfig, run_finetune
+from palu.commands.finetune import Config as FinetuneConfig
+from palu.commands.finetune import ScratchConfig, run_finetune
 from palu.data.loaders import DataSource
 from palu.eval.metrics import answer_prob, rouge_l
-from palu.eval.scoring import answer_nll, generate
+from palu.eval.scoring import generate, nll_and_accuracy
 from palu.io import read_json, write_json
 from palu.models import load_model, load_tokenizer
 from palu.train.finetune import EarlyStop, finetune
@@ -113,7 +115,7 @@ def test_finetune_stops_once_it_knows_the_given_set(tmp_path):
     assert 3 <= len(history) < 40 and history[-1][STOP]
     assert not any(h[STOP] for h in history[2:-1])
     model, tok = load_model(str(out)), load_tokenizer(str(out))
-    nll, _ = answer_nll(model, tok, items, PromptConfig(), max_length=128)
+    nll, _ = nll_and_accuracy(model, tok, items, PromptConfig(), max_length=128)
     rouge = rouge_l(generate(model, tok, items, PromptConfig(), max_new_tokens=48), [it.answer for it in items])
     assert history[-1]["known_prob"] == pytest.approx(float(answer_prob(nll).mean()), rel=1e-5)
     assert history[-1]["known_rouge"] == pytest.approx(sum(rouge) / len(rouge), rel=1e-6)

@@ -18,12 +18,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from palu.annotate import annotate
-from palu.annotate.command import write_spans
-from palu.commands import EvalSets, UnlearnConfig, eval_sets, run_eval, run_unlearn
+from palu.commands.annotate import write_spans
+from palu.commands.eval import run_eval
+from palu.commands.unlearn import Config as UnlearnConfig
+from palu.commands.unlearn import run_unlearn
+from palu.eval.sets import EvalSets, eval_sets
 from palu.data.loaders import DataSource, load_qa
 from palu.data.prompts import PromptConfig
 from palu.data.sources import SyntheticConfig
-from palu.eval.attacks import AttackConfig, relearn_train, run_attack
+from palu.commands.attack import Config as AttackConfig
+from palu.commands.attack import relearn_train, run_attack
 from palu.io import read_json, write_json
 from palu.models import load_model, load_tokenizer
 from palu.train.loop import TrainConfig

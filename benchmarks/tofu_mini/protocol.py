@@ -27,7 +27,11 @@ import logging
 import time
 from pathlib import Path
 
-from palu.commands import EvalConfig, FinetuneConfig, qa_texts, run_eval, run_finetune, scratch_train
+from palu.commands.eval import Config as EvalConfig
+from palu.commands.eval import run_eval
+from palu.commands.finetune import Config as FinetuneConfig
+from palu.commands.finetune import run_finetune, scratch_train
+from palu.data.qa import item_texts
 from palu.data.loaders import DataSource, json_rows, load_qa
 from palu.io import read_json, write_json
 from palu.models import train_bpe_tokenizer
@@ -89,7 +93,7 @@ class Protocol:
         if (self.tokenizer / "tokenizer.json").is_file():
             return
         items = [it for source in (self.prepared("full"), *self.general()) for it in load_qa(source)]
-        train_bpe_tokenizer(qa_texts(items), VOCAB).save_pretrained(str(self.tokenizer))
+        train_bpe_tokenizer(item_texts(items), VOCAB).save_pretrained(str(self.tokenizer))
 
     def model(self, name: str) -> Path:
         return self.workdir / name / MODEL_DIR

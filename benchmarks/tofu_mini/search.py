@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from palu.commands import UnlearnConfig
+from palu.commands.unlearn import Config as UnlearnConfig
 from palu.io import read_json
-from palu.sweep import SearchSpace, SweepConfig, run_sweep
+from palu.commands.sweep import Config as SweepConfig
+from palu.commands.sweep import SearchSpace, run_sweep
 from palu.train.loop import TrainConfig
 
 from compare import PALU, RULE, Comparison

@@ -7,7 +7,9 @@ unknown key is an error that lists the valid ones. The resolved config is saved 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -165,6 +167,11 @@ def _convert(hint, value, where: str):
 
 def load_config(cls: type, path: str | None, overrides: list[str]) -> Any:
     """The ``cls`` config from an optional YAML file plus command-line overrides."""
+    return build(cls, raw_config(path, overrides))
+
+
+def raw_config(path: str | None, overrides: list[str]) -> dict:
+    """The options of an optional YAML file with command-line overrides on top, not yet typed."""
     data = read_yaml(path) if path else {}
     over = parse_overrides(overrides)
     for section in ("method", "peft"):  # `method=npo`, `peft=lora` pick one by name
@@ -173,7 +180,7 @@ def load_config(cls: type, path: str | None, overrides: list[str]) -> Any:
     if isinstance(over.get("method"), dict) and "name" in over["method"] and isinstance(data.get("method"), dict) \
             and data["method"].get("name") != over["method"]["name"]:
         data = {**data, "method": {}}  # another method: the file's method options no longer apply
-    return build(cls, merge(data, over))
+    return merge(data, over)
 
 
 def to_dict(cfg) -> dict:
@@ -182,3 +189,82 @@ def to_dict(cfg) -> dict:
 
 def dump(cfg) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def describe(cls: type, prefix: str = "", instance=None) -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, meaning) of every option of the ``cls`` dataclass (defaults from
+    ``instance`` when given), nested sections flattened, meanings read from the "Attributes:" of
+    the docstrings: what ``palu VERB --help`` lists."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    texts = _attribute_docs(cls)
+    for f in dataclasses.fields(cls):
+        key, hint, text = f"{prefix}{f.name}", hints[f.name], texts.get(f.name, "")
+        default = getattr(instance, f.name) if instance is not None else _default(f)
+        section = _section_type(hint)
+        if section is None:
+            rows.append((key, _type_name(hint), _show(default), text))
+        elif dataclasses.is_dataclass(default):
+            rows.append((key, "section", "", text))
+            rows += describe(section, f"{key}.", default)
+        else:  # an optional section, or a list of them: its options, at their own defaults
+            rows.append((key, _type_name(hint), _show(default if not isinstance(default, list) else
+                                                      [dataclasses.asdict(d) for d in default]), text))
+            rows += describe(section, f"{key}[]." if typing.get_origin(hint) is list else f"{key}.")
+    return rows
+
+
+def _default(f: dataclasses.Field):
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _section_type(hint) -> type | None:
+    """The dataclass a field holds (alone, optional, or as a list), or None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    for arg in typing.get_args(hint):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def _type_name(hint) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return " | ".join(map(repr, typing.get_args(hint)))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"list[{', '.join(_type_name(a) for a in typing.get_args(hint))}]"
+    if dataclasses.is_dataclass(hint):
+        return "section"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def _show(value) -> str:
+    """A default as it would be written in a config file."""
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).strip().removesuffix("...").strip()
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """``name: meaning`` from the "Attributes:" sections of ``cls`` and its bases (``a, b: text`` names two)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        doc = inspect.cleandoc(klass.__doc__ or "") if "__doc__" in vars(klass) else ""
+        lines = doc.split("\n")
+        if "Attributes:" not in lines:
+            continue
+        current: list[str] = []
+        for line in lines[lines.index("Attributes:") + 1:]:
+            if line and not line.startswith(" "):
+                break
+            match = re.match(r"^    ([\w, ]+): (.*)$", line)
+            if match:
+                current = [n.strip() for n in match.group(1).split(",")]
+                for name in current:
+                    out[name] = match.group(2).strip()
+            elif line.strip() and current:
+                for name in current:
+                    out[name] += " " + line.strip()
+    return out

@@ -108,6 +108,11 @@ def _looks_local(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name
 
 
+def load_model_and_tokenizer(model: str, tokenizer: str | None = None):
+    """A model and its tokenizer (``tokenizer`` when given, else the model's own)."""
+    return load_model(model), load_tokenizer(tokenizer or model)
+
+
 @contextmanager
 def _loading(what: str, name_or_path: str):
     """Turn transformers' and safetensors' loading errors into one line naming the folder and the cure."""

@@ -1,12 +1,20 @@
-"""The run folder shared by every command: its layout, and the rules that keep what is in it safe.
+"""The run folder shared by every command: its layout (every file name in it is spelled here and
+nowhere else), and the rules that keep what is in it safe.
 
-    <run>/.palu           marks a folder palu made, naming the command; palu deletes no other folder
-    <run>/.palu.lock      locked while a command works in the folder, so two runs never share one
-    <run>/config.yaml     the resolved config
-    <run>/history.json    per-epoch losses (and metrics, when evaluated during training)
-    <run>/model/          save_pretrained model and tokenizer
-    <run>/checkpoint/     the latest epoch's training state, removed once the run is finished
-    <run>/DONE            written last: a run without it is unfinished and can be resumed
+    <run>/.palu              marks a folder palu made, naming the command; palu deletes no other folder
+    <run>/.palu.lock         locked while a command works in the folder, so two runs never share one
+    <run>/config.yaml        the resolved config
+    <run>/history.json       per-epoch losses (and metrics, when evaluated during training)
+    <run>/model/             save_pretrained model and tokenizer
+    <run>/checkpoint/        the latest epoch's training state, removed once the run is finished
+    <run>/DONE               written last: a run without it is unfinished and can be resumed
+    <run>/results.json       an evaluation's per-item results; summary.json its aggregates
+    <run>/eval/epoch-N.json  the evaluation after epoch N (0: the starting model)
+    <run>/best/, best.json   the best epoch's model and record under the selection rule
+    <run>/relearn/           an attack's relearned model (a run folder of its own)
+    <demo>/tokenizer/, <demo>/eval-<model>/   the demo's shared tokenizer and its evaluations
+    <sweep>/study.db, pareto.json, start-eval.json, trial-NNN/   a sweep's study, front, shared
+                             starting-model evaluation and trials
 
 An existing folder is replaced only with ``--overwrite``, and only when palu made it, it is not
 the current, home or root folder (or above them), and it holds none of the command's inputs.
@@ -28,16 +36,53 @@ from pathlib import Path
 import yaml
 
 from palu.config import dump, to_dict
+from palu.distributed import process_state
 from palu.errors import PaluError, os_error
+from palu.eval.core import summary
 from palu.io import parent_ready, read_text, replacing_dir, write_json, write_text
-from palu.train.loop import CHECKPOINT, process_state
 
-MODEL_DIR = "model"
-DONE = "DONE"
-CONFIG = "config.yaml"
 MARKER = ".palu"
 LOCK = ".palu.lock"
 OWN = (MARKER, LOCK)  # files that do not make a folder "not empty"
+CONFIG = "config.yaml"
+HISTORY = "history.json"
+MODEL_DIR = "model"
+CHECKPOINT = "checkpoint"
+CHECKPOINT_STATE = "state.json"  # inside the checkpoint: the history up to it
+DONE = "DONE"
+RESULTS = "results.json"
+SUMMARY = "summary.json"
+EVAL_DIR = "eval"
+BEST_DIR = "best"
+BEST_RECORD = "best.json"
+RELEARN_DIR = "relearn"
+TOKENIZER_DIR = "tokenizer"
+EVAL_PREFIX = "eval-"
+STUDY = "study.db"
+FRONT = "pareto.json"
+START_EVAL = "start-eval.json"
+REPORT = "report.html"
+
+
+def epoch_path(run: str | Path, epoch: int) -> Path:
+    """Where a run keeps its evaluation after ``epoch`` (epoch 0: the starting model)."""
+    return Path(run) / EVAL_DIR / f"epoch-{epoch}.json"
+
+
+def evaluation_dir(parent: str | Path, model: str) -> Path:
+    """The folder of the evaluation of ``model`` beside it (the demo's ``eval-full``, say)."""
+    return Path(parent) / f"{EVAL_PREFIX}{model}"
+
+
+def trial_dir(sweep: str | Path, number: int) -> Path:
+    return Path(sweep) / f"trial-{number:03d}"
+
+
+def write_results(run: str | Path, results: dict) -> dict:
+    """An evaluation's per-item results and their aggregates, each written atomically."""
+    write_json(Path(run) / RESULTS, results)
+    write_json(Path(run) / SUMMARY, summary(results))
+    return results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +154,7 @@ def finish(run: str | Path, model, tokenizer, history: list[dict]) -> Path:
     """Save the trained model and its history, drop the checkpoint, mark the run finished."""
     run = Path(run)
     save_model(run / MODEL_DIR, model, tokenizer)
-    write_json(run / "history.json", history)
+    write_json(run / HISTORY, history)
     shutil.rmtree(run / CHECKPOINT, ignore_errors=True)
     write_text(run / DONE, "")
     return run / MODEL_DIR

@@ -15,6 +15,7 @@ from typing import ClassVar, NamedTuple
 
 from palu.data.qa import QAItem, Span
 from palu.errors import PaluError
+from palu.registry import Registry
 
 CHANGE_KINDS = ("moved", "widened", "dropped", "added")
 
@@ -99,29 +100,27 @@ class Annotator(ABC):
         """The spans of each item (None: leave the item as it is), recording changes and failures in ``report``."""
 
 
-_REGISTRY: dict[str, type[Annotator]] = {}
+ANNOTATORS: Registry[type[Annotator]] = Registry("annotator", sort=True)
 
 
 def register(name: str):
     """Class decorator: make an annotator available by ``name`` (to ``annotate`` and ``palu annotate``)."""
 
     def add(cls: type[Annotator]) -> type[Annotator]:
+        ANNOTATORS.add(name, cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return add
 
 
 def annotator_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return ANNOTATORS.names()
 
 
 def get_annotator(name: str, **options) -> Annotator:
     """The annotator ``name`` built with ``options``; unknown names and options are errors that list the valid ones."""
-    if name not in _REGISTRY:
-        raise PaluError(f"unknown annotator {name!r}; choose one of: {', '.join(annotator_names())}.")
-    cls = _REGISTRY[name]
+    cls = ANNOTATORS[name]
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(options) - set(valid))
     if unknown:

@@ -52,6 +52,7 @@ import torch
 from palu.annotate.base import Annotator, AnnotationReport, register
 from palu.annotate.rules import RulesAnnotator
 from palu.annotate.text import STOPWORDS, content_words, merge, trim, word_spans
+from palu.batching import length_batches, pad, restore_order
 from palu.config import build
 from palu.data.prompts import PromptConfig, answer_ids_and_offsets, prompt_ids
 from palu.data.qa import QAItem, Span
@@ -63,7 +64,7 @@ _RULES = RulesAnnotator(spacy_model=None)  # without a question, it skips no wor
 
 
 @dataclass
-class TokenScores:
+class ContrastScores:
     """Per scored answer token: its character range, the contrast score and both log-probabilities."""
 
     offsets: list[tuple[int, int]]
@@ -134,7 +135,7 @@ class ContrastAnnotator(Annotator):
     def find_spans(self, items: list[QAItem], report: AnnotationReport) -> list[list[Span] | None]:
         return [self.spans(item, scores) for item, scores in zip(items, self.token_scores(items))]
 
-    def spans(self, item: QAItem, scores: TokenScores) -> list[Span]:
+    def spans(self, item: QAItem, scores: ContrastScores) -> list[Span]:
         """Word-level spans of one item from its token scores."""
         answer = item.answer
         words = word_scores(answer, scores)
@@ -153,7 +154,7 @@ class ContrastAnnotator(Annotator):
         content word outside ``asked``) and, with ``skip_modifiers``, adverbs and past forms."""
         return content_words(word) <= asked or (self.skip_modifiers and is_modifier(word))
 
-    def token_scores(self, items: list[QAItem]) -> list[TokenScores]:
+    def token_scores(self, items: list[QAItem]) -> list[ContrastScores]:
         """Contrast scores of every answer token of every item (EOS not included)."""
         tok = self.tokenizer
         prompts = [prompt_ids(tok, item.question, self.prompt) for item in items]
@@ -177,10 +178,10 @@ class ContrastAnnotator(Annotator):
             flat = np.concatenate(_logprobs(self.model, requests, self.batch_tokens) or [np.zeros(0)])
             ends = np.cumsum([len(ids) for ids, _ in answers])
             ref = [flat[end - len(ids) : end] for (ids, _), end in zip(answers, ends)]
-        return [TokenScores(offsets, f - r, f, r) for (_, offsets), f, r in zip(answers, full, ref)]
+        return [ContrastScores(offsets, f - r, f, r) for (_, offsets), f, r in zip(answers, full, ref)]
 
 
-def word_scores(answer: str, scores: TokenScores) -> list[tuple[Span, float]]:
+def word_scores(answer: str, scores: ContrastScores) -> list[tuple[Span, float]]:
     """Each word of ``answer`` with the highest score of the tokens it overlaps (-inf if none was scored)."""
     # A token of spaces only (byte-level BPE sometimes splits " L|agos") predicts the next word's start.
     ranges = [(end, end + 1) if answer[start:end].isspace() else (start, end) for start, end in scores.offsets]
@@ -224,35 +225,24 @@ def _logprobs(model, requests: list[Request], batch_tokens: int) -> list[np.ndar
     Rows are left-padded (with explicit position ids) so the scored tokens of every row end at the
     same place; only the last positions are projected onto the vocabulary.
     """
-    out: list[np.ndarray] = [np.zeros(0)] * len(requests)
-    order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]))
+    results = []
     device = model.device
     was_training = model.training
     model.eval()
     try:
-        start = 0
-        while start < len(order):
-            width = len(requests[order[start]][0])
-            idx = order[start : start + max(1, batch_tokens // max(width, 1))]
-            start += len(idx)
+        for idx in length_batches([len(ids) for ids, _ in requests], max_tokens=batch_tokens):
             keep = max(requests[i][1] for i in idx)
             if keep == 0:
                 continue
-            ids = torch.zeros(len(idx), width, dtype=torch.long)
-            mask = torch.zeros(len(idx), width, dtype=torch.long)
-            for row, i in enumerate(idx):
-                seq = requests[i][0]
-                ids[row, width - len(seq) :] = torch.tensor(seq)
-                mask[row, width - len(seq) :] = 1
+            ids, mask = pad([requests[i][0] for i in idx], 0, left=True)
             positions = (mask.cumsum(1) - 1).clamp(min=0)
             with torch.no_grad():
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                                position_ids=positions.to(device), logits_to_keep=keep + 1).logits
             logp = torch.log_softmax(logits[:, -(keep + 1) : -1].float(), dim=-1)  # predicts the last `keep` ids
             picked = logp.gather(-1, ids[:, -keep:].unsqueeze(-1).to(device)).squeeze(-1).cpu().numpy()
-            for row, i in enumerate(idx):
-                n = requests[i][1]
-                out[i] = picked[row, keep - n :] if n else np.zeros(0)
+            results.append((idx, [picked[row, keep - requests[i][1] :] if requests[i][1] else np.zeros(0)
+                                  for row, i in enumerate(idx)]))
     finally:
         model.train(was_training)
-    return out
+    return restore_order(len(requests), results, np.zeros(0))

@@ -63,3 +63,11 @@ def shared_items(items: list[QAItem], others: list[QAItem]) -> list[QAItem]:
     spaces): a forget set that overlaps its retain set is pulled both ways, a common slip in naming splits."""
     keys = {(o.question.strip(), o.answer.strip()) for o in others}
     return [item for item in items if (item.question.strip(), item.answer.strip()) in keys]
+
+
+def item_texts(items: list[QAItem]) -> list[str]:
+    """Every text of ``items`` (questions, answers and their variants): what a tokenizer for them is trained on."""
+    texts = []
+    for it in items:
+        texts += [it.question, it.answer, it.paraphrased_answer or "", it.paraphrased_question or "", *it.perturbed_answers]
+    return [t for t in texts if t]

@@ -1,4 +1,5 @@
 """Robustness attacks on an unlearned model: is the forgotten knowledge gone, or only hidden?
+(The pieces; ``palu attack`` in ``palu.commands.attack`` runs them.)
 
 Each attack starts from a fresh load of the model (the folder on disk is never written) and is
 scored with the TOFU suite beside the unattacked model:
@@ -17,77 +18,18 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from functools import partial
-from pathlib import Path
 
 import torch
 
-from palu.commands import EvalConfig, eval_sets, load_configured
-from palu.data.qa import QAItem
 from palu.errors import PaluError
-from palu.eval.core import format_value, summary
 from palu.eval.metrics import mia_auc
-from palu.eval.tofu import evaluate_tofu, item_values
-from palu.io import read_json, write_json
-from palu.models import require_model
-from palu.runs import Reuse, finish, run_folder
-from palu.train.finetune import finetune
-from palu.train.loop import TrainConfig
+from palu.eval.tofu import item_values
 
 log = logging.getLogger(__name__)
 
 ATTACKS = ("relearn", "quantize", "paraphrase")
 BITS = (8, 4)
 RELEARN_FRACTION = 0.1
-UNATTACKED = "none"
-RELEARN_DIR = "relearn"
-TABLE_METRICS = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_truth_ratio", "forget_quality",
-                 "exact_memorization", "extraction_strength", "privleak")
-
-
-def relearn_train() -> TrainConfig:
-    """A short relearning run at a pretrained model's learning rate; raise lr (~1e-3) for models from scratch."""
-    return TrainConfig(epochs=3, lr=1e-5, batch_size=4, warmup_epochs=0, schedule="constant")
-
-
-@dataclass
-class AttackConfig(EvalConfig):
-    """``palu attack``: the TOFU metrics of an unlearned model under robustness attacks.
-
-    The model, tokenizer, evaluation sets, retain reference and evaluation options are those of
-    ``palu eval`` (``EvalConfig``).
-
-    Attributes:
-        attacks: which of ``relearn``, ``quantize`` and ``paraphrase`` to run (all by default).
-        relearn_items: forget items the attacker fine-tunes on; None: 10% of the forget set, at
-            least 1, drawn at random with ``relearn.seed`` (so they span the forget authors).
-            They are left out of the forget set for every row, the unattacked one included, so
-            that all rows score the same items and relearning is judged only on facts it did not
-            train on: scoring the trained items would measure fresh memorisation, not recovery.
-        relearn: the relearning run (through the shared training loop); the relearned model is
-            saved under ``<output_dir>/relearn``.
-        quantize_bits: weight widths to try, each 8 or 4. With bitsandbytes and a CUDA GPU, its
-            int8 (no outlier threshold) and NF4 (blocks of 64) layers; otherwise a symmetric
-            round-to-nearest round trip per output channel (``round_trip``). The results record which.
-    """
-
-    output_dir: str = "runs/attack"
-    attacks: list[str] = field(default_factory=lambda: list(ATTACKS))
-    relearn_items: int | None = None
-    relearn: TrainConfig = field(default_factory=relearn_train)
-    quantize_bits: list[int] = field(default_factory=lambda: list(BITS))
-
-    def __post_init__(self) -> None:
-        for name in self.attacks:
-            if name not in ATTACKS:
-                raise PaluError(f"unknown attack {name!r}; valid attacks: {', '.join(ATTACKS)}.")
-        for bits in self.quantize_bits:
-            if bits not in BITS:
-                raise PaluError(f"quantize_bits: {bits} bits is not supported; use 8 or 4.")
-        if self.relearn_items is not None and self.relearn_items < 1:
-            raise PaluError(f"relearn_items must be at least 1 (or None for 10% of the forget set), "
-                            f"not {self.relearn_items}.")
 
 
 def relearn_indices(n_forget: int, n_items: int | None, seed: int) -> list[int]:
@@ -193,115 +135,3 @@ def _bitsandbytes(model, bits: int) -> None:
                 layer.bias = child.bias
             setattr(parent, name, layer)
     model.cuda()
-
-
-@dataclass
-class _Run:
-    """What every row of one ``run_attack`` shares. ``scored``: the forget positions every row scores."""
-
-    cfg: AttackConfig
-    sets: dict[str, list[QAItem]]
-    reference: dict | None
-    scored: list[int]
-    out: Path
-    progress: bool
-
-    def score(self, model, tok, indices: list[int] | None = None, paraphrase: bool = False) -> dict:
-        """The TOFU suite on the forget items at ``indices`` (default ``scored``) and the other sets;
-        with ``paraphrase``, on the forget items alone, asked their paraphrased questions."""
-        indices = self.scored if indices is None else indices
-        forget = [self.sets["forget"][i] for i in indices]
-        if paraphrase:
-            sets = {"forget": [replace(item, question=item.paraphrased_question) for item in forget]}
-        else:
-            sets = {**self.sets, "forget": forget}
-        c = self.cfg
-        metrics = evaluate_tofu(model, tok, sets, c.prompt, restrict_reference(self.reference, indices), c.batch_size,
-                                c.max_new_tokens, c.max_length, progress=self.progress)
-        return {"forget_indices": indices, "metrics": metrics}
-
-    def unattacked(self) -> dict:
-        return self.score(*load_configured(self.cfg))
-
-    def relearned(self, relearned: list[int]) -> dict:
-        model, tok = load_configured(self.cfg)
-        folder = self.out / RELEARN_DIR
-        items = [self.sets["forget"][i] for i in relearned]
-        history = finetune(model, tok, items, self.cfg.relearn, self.cfg.prompt, folder, progress=self.progress)
-        finish(folder, model, tok, history)
-        return {**self.score(model, tok), "relearned_indices": relearned, "history": history}
-
-    def quantized(self, bits: int) -> dict:
-        model, tok = load_configured(self.cfg)
-        backend = quantize(model, bits)
-        return {**self.score(model, tok), "backend": backend}
-
-    def paraphrased(self, indices: list[int]) -> dict:
-        asked = set(indices)
-        missing = [i for i in self.scored if i not in asked]
-        if missing:
-            log.warning("%d of %d forget items have no paraphrased question; the paraphrase attack skips them "
-                        "(listed in results.json).", len(missing), len(self.scored))
-        return {**self.score(*load_configured(self.cfg), indices, paraphrase=True), "without_paraphrased_question": missing}
-
-
-def run_attack(cfg: AttackConfig, overwrite: bool = False, progress: bool = True) -> dict[str, dict]:
-    """Score the unattacked model (row "none") and each attack; returns {row: {metric: value}}.
-
-    Rows: "none", then in the order of ``cfg.attacks`` "relearn", "quantize_8bit"/"quantize_4bit"
-    and "paraphrase". After every row, ``results.json`` (per row: the per-item results under
-    "metrics", "forget_indices" (the forget-set position of each scored item) and what the attack
-    did) and ``summary.json`` are rewritten, so an interrupted run keeps its finished rows.
-    """
-    require_model(cfg)
-    sets = eval_sets(cfg, cfg.synthetic)
-    n = len(sets["forget"])
-    relearned = relearn_indices(n, cfg.relearn_items, cfg.relearn.seed) if "relearn" in cfg.attacks else []
-    scored = sorted(set(range(n)) - set(relearned))
-    paraphrased = [i for i in scored if sets["forget"][i].paraphrased_question]
-    if "paraphrase" in cfg.attacks and not paraphrased:
-        raise PaluError(f"the paraphrase attack needs paraphrased questions, and none of the {len(scored)} forget "
-                        "items scored has one; add them (field paraphrased_question) or leave paraphrase out of "
-                        "attacks.")
-    reference = read_json(cfg.retain_reference) if cfg.retain_reference else None
-    with run_folder(cfg.output_dir, "attack", cfg, Reuse(overwrite)) as out:
-        run = _Run(cfg, sets, reference, scored, out, progress)
-        rows = {UNATTACKED: run.unattacked}
-        for name in cfg.attacks:
-            if name == "relearn":
-                rows[name] = partial(run.relearned, relearned)
-            elif name == "quantize":
-                rows.update({f"quantize_{bits}bit": partial(run.quantized, bits) for bits in cfg.quantize_bits})
-            else:
-                rows[name] = partial(run.paraphrased, paraphrased)
-        results: dict[str, dict] = {}
-        table: dict[str, dict] = {}
-        for row, attack in rows.items():
-            log.info("attack: %s", row)
-            results[row] = attack()
-            table[row] = summary(results[row]["metrics"])
-            write_json(out / "results.json", results)
-            write_json(out / "summary.json", table)
-        return table
-
-
-def attack_table(table: Mapping[str, Mapping[str, float | None]]) -> str:
-    """The forget metrics (rows) under each attack (columns) beside the unattacked model's ("none"),
-    the change from it in brackets, as plain text."""
-    base = table.get(UNATTACKED, {})
-    metrics = [m for m in TABLE_METRICS if any(m in values for values in table.values())]
-    header = ["metric", *table]
-    rows = [[m] + [_cell(values.get(m), None if row == UNATTACKED else base.get(m)) for row, values in table.items()]
-            for m in metrics]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    legend = ("in brackets: the change from none; a rise in forget Prob, ROUGE, exact_memorization or "
-              "extraction_strength is forgotten knowledge coming back")
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows), "", legend])
-
-
-def _cell(value: float | None, base: float | None) -> str:
-    if value is None or base is None:
-        return format_value(value)
-    change = value - base
-    return f"{format_value(value)} ({'-' if change < 0 else '+'}{format_value(abs(change))})"

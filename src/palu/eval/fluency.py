@@ -27,7 +27,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from palu.eval.metrics import mean_result, result
+from palu.eval.metrics import MetricSpec, mean_result, register, result
 from palu.eval.scoring import text_logprobs
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,16 @@ def repetition(text: str) -> float | None:
 def token_prob(logprobs) -> float | None:
     """``exp(mean log p)`` over a text's scored tokens (1 / perplexity); None without tokens."""
     return math.exp(sum(logprobs) / len(logprobs)) if len(logprobs) else None
+
+
+register(MetricSpec("fluency_token_prob", True, "mean over generations of exp(mean token log-prob) under a scoring "
+                    "model, i.e. 1 / perplexity, in (0, 1]"))
+register(MetricSpec("fluency_distinct_2", True, "mean share of distinct word bigrams in a generation; "
+                    "low = repetitive"))
+register(MetricSpec("fluency_repetition", False, "mean share of a generation's words spanned by its longest word "
+                    "n-gram that occurs twice; near 1 = a generation stuck in a loop"))
+register(MetricSpec("fluency_gibberish", True, "mean probability of the 'clean' class of the gibberish classifier "
+                    "(the paper's Fluency)"))
 
 
 def fluency(generations: Sequence[str], scoring_model=None, tokenizer=None, batch_size: int = 16,

@@ -1,8 +1,9 @@
 """Metric definitions and pure functions on numbers (no model), following docs/tofu-metrics.md.
 
-Every metric carries its direction in a registry, because unlearning users keep misreading which
-way is good, and every result has one shape, ``{"agg_value", "value_by_index", "higher_is_better"}``,
-so suites, reports and reference files can treat all metrics alike.
+Every metric declares, beside the code that computes it, its direction and how its aggregate is
+formed, because unlearning users keep misreading which way is good; every result has one shape,
+``{"agg_value", "value_by_index", "higher_is_better"}``, so suites, reports and reference files
+can treat all metrics alike.
 
 open-unlearning (the reference implementation) adds ``OPEN_UNLEARNING_EPS`` to the denominators of
 the truth ratio, its forget aggregate, the normalised probability and privleak. The functions take
@@ -22,89 +23,44 @@ import numpy as np
 from scipy.stats import hmean, ks_2samp
 
 from palu.errors import PaluError
-
+from palu.registry import Registry
 
 OPEN_UNLEARNING_EPS = 1e-10
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A metric's name, which way is good, and what it measures (shown in reports).
+    """A metric's name, which way is good, what it measures (shown in reports) and how it is aggregated.
 
     ``higher_is_better`` is None for a metric whose ideal lies in between (privleak: 0, the retain
-    model's level); the description says where.
+    model's level); the description says where. ``aggregation`` says how ``agg_value`` is formed:
+    the mean of the per-item values (most metrics), a mean of a function of them (truth ratios), or
+    a statistic of the whole set ("KS p-value", "AUC", "relative AUC gap", "harmonic mean").
     """
 
     name: str
     higher_is_better: bool | None
     description: str
+    aggregation: str = "mean"
 
 
-METRICS: dict[str, MetricSpec] = {}
+# Fluency, MUSE and open-unlearning metrics are declared in their modules, which not every reader imports.
+METRICS: Registry[MetricSpec] = Registry(
+    "metric", sources=("palu.eval.fluency", "palu.eval.muse", "palu.eval.open_unlearning"), sort=True)
 
 
 def register(spec: MetricSpec) -> MetricSpec:
     """Add ``spec`` to the registry; a second metric of the same name is a bug, so it is refused."""
-    if spec.name in METRICS:
-        raise PaluError(f"metric {spec.name!r} is already registered; pick another name.")
-    METRICS[spec.name] = spec
-    return spec
+    return METRICS.add(spec.name, spec)
 
 
 def get_metric(name: str) -> MetricSpec:
-    try:
-        return METRICS[name]
-    except KeyError:
-        raise PaluError(f"unknown metric {name!r}; valid names: {', '.join(sorted(METRICS))}.") from None
+    return METRICS[name]
 
 
-for _spec in (
-    MetricSpec("forget_Q_A_Prob", False, "mean P(answer) on the forget split (length-normalised)"),
-    MetricSpec("forget_Q_A_ROUGE", False, "mean ROUGE-L recall of greedy answers on the forget split"),
-    MetricSpec("forget_truth_ratio", True, "mean min(TR, 1/TR) on the forget split; 1 = no preference "
-                                           "between paraphrased and perturbed answers"),
-    MetricSpec("forget_quality", True, "KS-test p-value of forget truth ratios against the retain model's"),
-    MetricSpec("exact_memorization", False, "mean fraction of forget answer tokens the model predicts "
-                                            "exactly under teacher forcing"),
-    MetricSpec("retain_Q_A_Prob", True, "mean P(answer) on the retain split (length-normalised)"),
-    MetricSpec("retain_Q_A_ROUGE", True, "mean ROUGE-L recall of greedy answers on the retain split"),
-    MetricSpec("retain_truth_ratio", True, "mean max(0, 1 - TR) on the retain split; prefers the paraphrased "
-                                           "answer over perturbed ones"),
-    MetricSpec("extraction_strength", False, "mean 1 - k/len over forget answers, k the shortest prefix after "
-                                             "which teacher forcing reproduces the rest of the answer"),
-    *(spec for prefix, what in (("ra", "real authors"), ("wf", "world facts")) for spec in (
-        MetricSpec(f"{prefix}_Q_A_Prob", True, f"mean P(answer) on {what} (length-normalised)"),
-        MetricSpec(f"{prefix}_Q_A_Prob_normalised", True, f"mean P(answer) / (P(answer) + sum P(wrong)) on {what}"),
-        MetricSpec(f"{prefix}_Q_A_ROUGE", True, f"mean ROUGE-L recall of greedy answers on {what}"),
-        MetricSpec(f"{prefix}_truth_ratio", True, f"mean max(0, 1 - TR) on {what}; prefers the answer over "
-                                                  "wrong ones"),
-    )),
-    MetricSpec("model_utility", True, "harmonic mean of Prob, ROUGE and truth ratio on retain, real authors "
-                                      "and world facts"),
-    *(MetricSpec(f"mia_{name}", False, f"AUC of the {what} membership-inference score, forget items (label 0) "
-                                       "against holdout items (label 1); 1 = the forget set looks like "
-                                       "training data; below the retain model's AUC = over-unlearned")
-      for name, what in (("loss", "loss"), ("zlib", "zlib"), ("min_k", "Min-k% (k=0.4)"),
-                         ("min_k_plus_plus", "Min-k%++ (k=0.4)"))),
-    MetricSpec("privleak", None, "relative Min-k% AUC gap to the retain model, in %; 0 is ideal, -100 = the forget "
-                                 "set is as exposed as it gets, > 0 = over-unlearned"),
-    # MUSE (palu.eval.muse); names as open-unlearning's. Its MIA AUC and privleak are mia_min_k and privleak above.
-    MetricSpec("forget_verbmem_ROUGE", False, "MUSE VerbMem: mean ROUGE-L F1 of greedy continuations of forget-corpus "
-                                              "excerpts against the true continuations"),
-    MetricSpec("forget_knowmem_ROUGE", False, "MUSE KnowMem: mean ROUGE-L F1 of few-shot greedy answers to questions "
-                                              "on the forget corpus"),
-    MetricSpec("retain_knowmem_ROUGE", True, "MUSE KnowMem: mean ROUGE-L F1 of few-shot greedy answers to questions "
-                                             "on the retain corpus"),
-    # Fluency of generations (palu.eval.fluency).
-    MetricSpec("fluency_token_prob", True, "mean over generations of exp(mean token log-prob) under a scoring model, "
-                                           "i.e. 1 / perplexity, in (0, 1]"),
-    MetricSpec("fluency_distinct_2", True, "mean share of distinct word bigrams in a generation; low = repetitive"),
-    MetricSpec("fluency_repetition", False, "mean share of a generation's words spanned by its longest word n-gram "
-                                            "that occurs twice; near 1 = a generation stuck in a loop"),
-    MetricSpec("fluency_gibberish", True, "mean probability of the 'clean' class of the gibberish classifier "
-                                          "(the paper's Fluency)"),
-):
-    register(_spec)
+# TOFU's QA splits: metric prefix, what the descriptions call them, and whether a high score is good there.
+_QA_SPLITS = (("forget", "the forget split", False), ("retain", "the retain split", True),
+              ("ra", "real authors", True), ("wf", "world facts", True))
 
 
 def result(name: str, agg_value: float | None, value_by_index: Mapping[int, object] | Sequence | None = None) -> dict:
@@ -152,6 +108,10 @@ def answer_prob(mean_nll) -> np.ndarray:
     return np.exp(-np.asarray(mean_nll, dtype=np.float64))
 
 
+for _prefix, _what, _higher in _QA_SPLITS:
+    register(MetricSpec(f"{_prefix}_Q_A_Prob", _higher, f"mean P(answer) on {_what} (length-normalised)"))
+
+
 def _check_wrong(n: int, wrong: Sequence[Sequence[float]], what: str) -> None:
     if len(wrong) != n:
         raise PaluError(f"{what}: {n} correct answers but {len(wrong)} lists of wrong answers.")
@@ -197,12 +157,26 @@ def truth_ratio_result(name: str, tr, eps: float = 0.0) -> dict:
     return result(name, agg, tr)
 
 
+register(MetricSpec("forget_truth_ratio", True, "mean min(TR, 1/TR) on the forget split; 1 = no preference between "
+                    "paraphrased and perturbed answers", "mean of min(TR, 1/TR)"))
+register(MetricSpec("retain_truth_ratio", True, "mean max(0, 1 - TR) on the retain split; prefers the paraphrased "
+                    "answer over perturbed ones", "mean of max(0, 1 - TR)"))
+for _prefix, _what, _ in _QA_SPLITS[2:]:
+    register(MetricSpec(f"{_prefix}_truth_ratio", True, f"mean max(0, 1 - TR) on {_what}; prefers the answer over "
+                        "wrong ones", "mean of max(0, 1 - TR)"))
+
+
 def normalised_prob(p_correct, p_wrong: Sequence[Sequence[float]], eps: float = 0.0) -> np.ndarray:
     """Per item ``P(a) / (P(a) + sum_j P(w_j))`` (a sum over wrong answers, not a mean: TOFU's definition)."""
     correct = np.asarray(p_correct, dtype=np.float64)
     _check_wrong(len(correct), p_wrong, "normalised probability")
     wrong_sum = np.array([np.sum(np.asarray(w, dtype=np.float64)) for w in p_wrong])
     return correct / (correct + wrong_sum + eps)
+
+
+for _prefix, _what, _ in _QA_SPLITS[2:]:
+    register(MetricSpec(f"{_prefix}_Q_A_Prob_normalised", True,
+                        f"mean P(answer) / (P(answer) + sum P(wrong)) on {_what}"))
 
 
 # The nine parts of model utility, in open-unlearning's order (the harmonic mean's last bit depends on it).
@@ -224,6 +198,10 @@ def model_utility(parts: Mapping[str, float | None]) -> float | None:
     return float(hmean(values))
 
 
+register(MetricSpec("model_utility", True, "harmonic mean of Prob, ROUGE and truth ratio on retain, real authors and "
+                    "world facts", "harmonic mean"))
+
+
 def extraction_strength(hits) -> float:
     """``1 - k/n`` from the teacher-forced hits (argmax == label) of an answer's n scored tokens.
 
@@ -237,6 +215,12 @@ def extraction_strength(hits) -> float:
     misses = np.flatnonzero(~hits)
     k = 0 if misses.size == 0 else min(int(misses[-1]) + 1, hits.size - 1)
     return 1.0 - k / hits.size
+
+
+register(MetricSpec("exact_memorization", False, "mean fraction of forget answer tokens the model predicts exactly "
+                    "under teacher forcing"))
+register(MetricSpec("extraction_strength", False, "mean 1 - k/len over forget answers, k the shortest prefix after "
+                    "which teacher forcing reproduces the rest of the answer"))
 
 
 def _min_k(values: np.ndarray, k: float) -> float:
@@ -284,6 +268,13 @@ def mia_result(name: str, forget_scores, holdout_scores) -> dict:
     return result(name, mia_auc(forget_scores, holdout_scores), by_set)
 
 
+for _name, _what in (("loss", "loss"), ("zlib", "zlib"), ("min_k", "Min-k% (k=0.4)"),
+                     ("min_k_plus_plus", "Min-k%++ (k=0.4)")):
+    register(MetricSpec(f"mia_{_name}", False, f"AUC of the {_what} membership-inference score, forget items (label 0) "
+                        "against holdout items (label 1); 1 = the forget set looks like training data; below the "
+                        "retain model's AUC = over-unlearned", "AUC"))
+
+
 def privleak(auc: float | None, retain_auc: float | None, eps: float = 0.0) -> float | None:
     """``((1-AUC) - (1-AUC_ret)) / (1-AUC_ret) * 100`` (open-unlearning adds ``eps`` to the denominator).
 
@@ -295,6 +286,10 @@ def privleak(auc: float | None, retain_auc: float | None, eps: float = 0.0) -> f
     if ref + eps == 0:
         return None
     return (score - ref) / (ref + eps) * 100
+
+
+register(MetricSpec("privleak", None, "relative Min-k% AUC gap to the retain model, in %; 0 is ideal, -100 = the "
+                    "forget set is as exposed as it gets, > 0 = over-unlearned", "relative AUC gap"))
 
 
 def forget_quality(tr_unlearned, tr_retain) -> float | None:
@@ -309,6 +304,10 @@ def forget_quality(tr_unlearned, tr_retain) -> float | None:
     if a.size == 0 or b.size == 0:
         return None
     return float(ks_2samp(a, b).pvalue)
+
+
+register(MetricSpec("forget_quality", True, "KS-test p-value of forget truth ratios against the retain model's",
+                    "KS p-value"))
 
 
 ROUGE_MEASURES = {"recall": "recall", "f1": "fmeasure"}  # name in palu -> field of a rouge_score Score
@@ -339,3 +338,7 @@ def rouge_result(name: str, generations: Sequence[str], references: Sequence[str
     per_item = [{f"rougeL_{measure}": r, "generation": g, "ground_truth": t}
                 for r, g, t in zip(scores, generations, references)]
     return result(name, mean_or_none(scores), per_item)
+
+
+for _prefix, _what, _higher in _QA_SPLITS:
+    register(MetricSpec(f"{_prefix}_Q_A_ROUGE", _higher, f"mean ROUGE-L recall of greedy answers on {_what}"))

@@ -26,13 +26,10 @@ from pathlib import Path
 
 from palu.data.loaders import HUB_ID
 from palu.errors import PaluError
-from palu.eval.core import summary
-from palu.eval.metrics import mia_result, min_k_score, rouge_result
+from palu.eval.metrics import MetricSpec, mia_result, min_k_score, register, rouge_result
 from palu.eval.scoring import generate_text, text_logprobs
 from palu.eval.tofu import MIA_K, add_comparisons
-from palu.io import read_json, write_json
-from palu.models import load_model, load_tokenizer, require_model
-from palu.runs import Reuse, run_folder
+from palu.io import read_json
 
 MUSE_NEWS = "muse-bench/MUSE-News"
 VERBMEM_MAX_NEW_TOKENS = 128
@@ -147,6 +144,15 @@ def knowmem_prompt(question: str, icl: Sequence[Mapping[str, str]]) -> str:
     return f"{shots}Question: {question}\nAnswer: "
 
 
+# Names as open-unlearning's; MUSE's MIA AUC and privleak are TOFU's mia_min_k and privleak.
+register(MetricSpec("forget_verbmem_ROUGE", False, "MUSE VerbMem: mean ROUGE-L F1 of greedy continuations of "
+                    "forget-corpus excerpts against the true continuations"))
+register(MetricSpec("forget_knowmem_ROUGE", False, "MUSE KnowMem: mean ROUGE-L F1 of few-shot greedy answers to "
+                    "questions on the forget corpus"))
+register(MetricSpec("retain_knowmem_ROUGE", True, "MUSE KnowMem: mean ROUGE-L F1 of few-shot greedy answers to "
+                    "questions on the retain corpus"))
+
+
 def evaluate_muse(model, tokenizer, data: MuseData, retain_reference: Mapping | None = None, batch_size: int = 16,
                   max_length: int | None = None, progress: bool = False) -> dict[str, dict]:
     """Every MUSE metric the non-empty sets of ``data`` allow; metric name -> result.
@@ -175,44 +181,3 @@ def evaluate_muse(model, tokenizer, data: MuseData, retain_reference: Mapping | 
         results["mia_min_k"] = mia_result("mia_min_k", *scores)
     add_comparisons(results, retain_reference)
     return results
-
-
-@dataclass
-class MuseConfig:
-    """``palu eval suite=muse``: the MUSE metrics of a model.
-
-    Attributes:
-        path: a folder laid out like ``../shared/data/muse_news``, or a hub id (MUSE-News by default).
-        retain_reference: results.json of the retain model's MUSE run; privleak needs it and is
-            reported as unavailable without it.
-        verbmem_limit, knowmem_limit, privleak_limit: keep the first N items of each set, for quick
-            runs (0 skips the set's metrics).
-        max_length: cut privleak texts to this many tokens (None: whole texts).
-    """
-
-    model: str = ""
-    tokenizer: str | None = None
-    path: str = MUSE_NEWS
-    retain_reference: str | None = None
-    output_dir: str = "runs/eval_muse"
-    batch_size: int = 16
-    verbmem_limit: int | None = None
-    knowmem_limit: int | None = None
-    privleak_limit: int | None = None
-    max_length: int | None = None
-
-
-def run_muse(cfg: MuseConfig, overwrite: bool = False, progress: bool = True) -> dict[str, dict]:
-    """Evaluate, write ``results.json`` (per item) and ``summary.json`` into a fresh folder; returns the results.
-
-    Data and reference are read before the model is loaded, so that their errors come at once.
-    """
-    require_model(cfg)
-    with run_folder(cfg.output_dir, "eval", cfg, Reuse(overwrite)) as out:
-        reference = read_json(cfg.retain_reference) if cfg.retain_reference else None
-        data = load_muse(cfg.path, cfg.verbmem_limit, cfg.knowmem_limit, cfg.privleak_limit)
-        model, tokenizer = load_model(cfg.model), load_tokenizer(cfg.tokenizer or cfg.model)
-        results = evaluate_muse(model, tokenizer, data, reference, cfg.batch_size, cfg.max_length, progress)
-        write_json(out / "results.json", results)
-        write_json(out / "summary.json", summary(results))
-        return results

@@ -42,7 +42,7 @@ REFERENCE_RETAIN_AUC = 0.5
 
 for _name, _what in (("gradnorm", "gradient-norm"), ("reference", "reference-model")):
     register(MetricSpec(f"mia_{_name}", False, f"AUC of open-unlearning's {_what} membership-inference score, "
-                                               "recomputed from a log (palu does not compute this score)"))
+                                               "recomputed from a log (palu does not compute this score)", "AUC"))
 TEXT_FIELDS = ("generation", "ground_truth")
 MIA_METRICS = ("mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus", "mia_gradnorm", "mia_reference")
 

@@ -1,8 +1,8 @@
 """Model-based scoring: batched answer NLLs with per-token statistics, and greedy generation.
 
 Answers are tokenised with ``palu.data.labels.encode`` and prompts with ``prompt_ids``, so scoring
-sees exactly the tokens training used. Items are batched by length (longest first, so an
-out-of-memory error shows at once) and results come back in the items' order.
+sees exactly the tokens training used. Items are batched by length (``palu.batching``: longest
+first, so an out-of-memory error shows at once) and results come back in the items' order.
 
 Raw-text benchmarks (MUSE) and fluency need no QA template: ``generate_text`` continues plain
 prompts and ``text_logprobs`` scores plain texts, on the same batching.
@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from palu.batching import length_batches, pad, restore_order
 from palu.data.labels import IGNORE_INDEX, collate, encode
 from palu.data.prompts import PromptConfig, prompt_ids
 from palu.data.qa import QAItem
@@ -38,11 +39,6 @@ def _inference(model):
             yield
     finally:
         model.train(was_training)
-
-
-def _length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
 def _pad_id(tokenizer) -> int:
@@ -88,20 +84,19 @@ def score_answers(model, tokenizer, items: Sequence[QAItem], prompt: PromptConfi
     cut = sum(e.truncated for e in encs)
     if cut:
         log.warning("%d of %d answers were cut to max_length=%d tokens before scoring.", cut, len(encs), max_length)
-    nll = np.zeros(len(encs))
-    tokens: list[TokenScores | None] = [None] * len(encs)
-    batches = _length_batches([len(e.input_ids) for e in encs], batch_size)
+    results = []
     with _inference(model):
-        for idx in tqdm(batches, desc="scoring answers", disable=not progress):
-            batch = collate([encs[i] for i in idx], _pad_id(tokenizer))
-            nll[idx], batch_tokens = _score_batch(model, batch, vocab_stats)
-            for i, t in zip(idx, batch_tokens):
-                tokens[i] = t
-    return AnswerScores(nll, tokens)
+        for idx in tqdm(length_batches([len(e.input_ids) for e in encs], batch_size), desc="scoring answers",
+                        disable=not progress):
+            nll, tokens = _score_batch(model, collate([encs[i] for i in idx], _pad_id(tokenizer)), vocab_stats)
+            results.append((idx, list(zip(nll, tokens))))
+    scores = restore_order(len(encs), results)
+    return AnswerScores(np.array([nll for nll, _ in scores], dtype=float), [tokens for _, tokens in scores])
 
 
-def answer_nll(model, tokenizer, items: Sequence[QAItem], prompt: PromptConfig, answers: Sequence[str] | None = None,
-               batch_size: int = 16, max_length: int = 512, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def nll_and_accuracy(model, tokenizer, items: Sequence[QAItem], prompt: PromptConfig,
+                     answers: Sequence[str] | None = None, batch_size: int = 16, max_length: int = 512,
+                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per item, the mean NLL of the answer tokens (EOS included) and the teacher-forced token accuracy.
 
     Token accuracy (exact memorization) counts answer positions whose argmax equals the label,
@@ -204,25 +199,21 @@ def _generate_ids(model, tokenizer, prompts: Sequence[list[int]], max_new_tokens
     Batches are left-padded by hand so every prompt ends where generation starts, whatever the
     tokenizer's padding side.
     """
-    pad = _pad_id(tokenizer)
+    pad_id = _pad_id(tokenizer)
     stop = _stop_ids(model, tokenizer)
-    out = [""] * len(prompts)
+    results = []
     device = model.device
     with _inference(model):
-        for idx in tqdm(_length_batches([len(p) for p in prompts], batch_size), desc="generating",
+        for idx in tqdm(length_batches([len(p) for p in prompts], batch_size), desc="generating",
                         disable=not progress):
-            width = max(len(prompts[i]) for i in idx)
-            input_ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in idx], device=device)
-            attention_mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx],
-                                          device=device)
+            input_ids, attention_mask = pad([prompts[i] for i in idx], pad_id, left=True)
+            width = input_ids.shape[1]
             criteria = StoppingCriteriaList([_NewlineStop(tokenizer, width)] if stop_at_newline else [])
-            generated = model.generate(input_ids=input_ids, attention_mask=attention_mask,
+            generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                        max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                       pad_token_id=pad, eos_token_id=stop, stopping_criteria=criteria)
-            texts = tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
-            for i, text in zip(idx, texts):
-                out[i] = text
-    return out
+                                       pad_token_id=pad_id, eos_token_id=stop, stopping_criteria=criteria)
+            results.append((idx, tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)))
+    return restore_order(len(prompts), results, "")
 
 
 def text_logprobs(model, tokenizer, texts: Sequence[str], batch_size: int = 16, max_length: int | None = None,
@@ -239,23 +230,18 @@ def text_logprobs(model, tokenizer, texts: Sequence[str], batch_size: int = 16, 
         if cut:
             log.warning("%d of %d texts were cut to max_length=%d tokens before scoring.", cut, len(ids), max_length)
         ids = [i[:max_length] for i in ids]
-    pad = _pad_id(tokenizer)
-    out = [np.zeros(0, dtype=np.float32)] * len(ids)  # stays so for a text with no token to score
+    pad_id = _pad_id(tokenizer)
     scorable = [i for i in range(len(ids)) if len(ids[i]) > 1]
+    results = []
     device = model.device
     with _inference(model):
-        for batch in tqdm(_length_batches([len(ids[i]) for i in scorable], batch_size), desc="scoring texts",
+        for batch in tqdm(length_batches([len(ids[i]) for i in scorable], batch_size), desc="scoring texts",
                           disable=not progress):
             idx = [scorable[b] for b in batch]
-            width = max(len(ids[i]) for i in idx)
-            input_ids = torch.tensor([ids[i] + [pad] * (width - len(ids[i])) for i in idx], device=device)
-            attention_mask = torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in idx],
-                                          device=device)
+            input_ids, attention_mask = (t.to(device) for t in pad([ids[i] for i in idx], pad_id))
             logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
             scored = attention_mask[:, 1:].bool()
             logp = logits[:, :-1][scored].float().log_softmax(-1)  # only real positions reach the (N, V) softmax
             token_logp = logp.gather(1, input_ids[:, 1:][scored][:, None]).squeeze(1).cpu().numpy()
-            parts = np.split(token_logp, np.cumsum(scored.sum(1).tolist())[:-1])
-            for i, part in zip(idx, parts):
-                out[i] = part
-    return out
+            results.append((idx, np.split(token_logp, np.cumsum(scored.sum(1).tolist())[:-1])))
+    return restore_order(len(ids), results, np.zeros(0, dtype=np.float32))  # the fill: a text with no token to score

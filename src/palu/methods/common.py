@@ -5,10 +5,13 @@ The frozen original model is never kept in memory during training. Everything an
 from it is fixed, so :func:`palu.train.reference.reference_hidden` computes it once: the
 reference's final hidden states at answer positions and a frozen copy of its output layer.
 Reference logits at any answer position are then one matrix product away.
+
+Each method module registers its objective in ``METHODS`` where it defines it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +23,7 @@ from palu.data.qa import QAItem
 from palu.config import require
 from palu.errors import PaluError
 from palu.methods.head import Head, head_loss_sum
+from palu.registry import Registry
 
 
 def hidden_state(model, batch: dict, index: int = -1) -> torch.Tensor:
@@ -183,3 +187,28 @@ class Setup:
     trainable: set[str] | None = None
     state: dict[str, Any] = field(default_factory=dict)
 
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered objective: ``loss(model, batch, ref_head, config, **setup.state) -> {"loss": ..., terms}``.
+
+    ``prepare(config, model, forget_items, seed) -> Setup`` (optional) declares what the method
+    needs built once before training beyond the forget/retain batches (see :class:`Setup`);
+    ``palu.train.unlearn`` builds it. ``uses_spans``: the loss reads the sensitive spans, so forget
+    items without any are worth a warning.
+    """
+
+    name: str
+    config: type
+    loss: Callable
+    prepare: Callable | None = None
+    uses_spans: bool = False
+
+
+METHODS: Registry[Method] = Registry("method")
+
+
+def register(method: Method) -> Method:
+    """Make ``method`` available by its name (``palu unlearn method.name=...``)."""
+    return METHODS.add(method.name, method)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from palu.methods.common import Head, answer_nll
+from palu.methods.common import Head, Method, answer_nll, register
 
 
 @dataclass
@@ -19,3 +19,6 @@ def ga_loss(model, batch: dict, ref_head: Head, cfg: GAConfig) -> dict[str, torc
     """``L = -NLL(forget)``."""
     forget = -answer_nll(model, batch["forget"])
     return {"loss": forget, "forget": forget.detach()}
+
+
+register(Method("ga", GAConfig, ga_loss))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from palu.methods.common import Head, WeightedOptions, answer_nll, weighted_total
+from palu.methods.common import Head, Method, WeightedOptions, answer_nll, register, weighted_total
 
 
 @dataclass
@@ -19,3 +19,6 @@ class GradDiffConfig(WeightedOptions):
 def graddiff_loss(model, batch: dict, ref_head: Head, cfg: GradDiffConfig) -> dict[str, torch.Tensor]:
     """``gamma * (-NLL(forget)) + alpha * R``."""
     return weighted_total(model, batch, ref_head, -answer_nll(model, batch["forget"]), cfg)
+
+
+register(Method("graddiff", GradDiffConfig, graddiff_loss))

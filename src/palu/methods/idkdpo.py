@@ -15,7 +15,8 @@ import torch
 
 from palu.data.loaders import load_lines
 from palu.data.qa import QAItem
-from palu.methods.common import Head, Setup, WeightedOptions, log_ratio, preference_loss, weighted_total
+from palu.methods.common import (Head, Method, Setup, WeightedOptions, log_ratio, preference_loss, register,
+                                 weighted_total)
 
 REFUSALS = (
     "I don't know.",
@@ -64,3 +65,6 @@ def idkdpo_loss(model, batch: dict, ref_head: Head, cfg: IdkDPOConfig) -> dict[s
     ``L_f = -(2/beta) mean logsigma(beta [(pi_theta - pi_ref)(y_idk) - (pi_theta - pi_ref)(y_forget)])``."""
     margin = log_ratio(model, batch["idk"], ref_head) - log_ratio(model, batch["forget"], ref_head)
     return weighted_total(model, batch, ref_head, preference_loss(margin, cfg.beta), cfg)
+
+
+register(Method("idkdpo", IdkDPOConfig, idkdpo_loss, idkdpo_prepare))

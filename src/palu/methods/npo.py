@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from palu.methods.common import Head, WeightedOptions, log_ratio, preference_loss, weighted_total
+from palu.methods.common import Head, Method, WeightedOptions, log_ratio, preference_loss, register, weighted_total
 
 
 @dataclass
@@ -30,3 +30,6 @@ def npo_loss(model, batch: dict, ref_head: Head, cfg: NPOConfig) -> dict[str, to
     """``gamma * -(2/beta) mean logsigma(-beta (pi_theta - pi_ref)(y_forget)) + alpha * R``."""
     forget = preference_loss(-log_ratio(model, batch["forget"], ref_head), cfg.beta)
     return weighted_total(model, batch, ref_head, forget, cfg)
+
+
+register(Method("npo", NPOConfig, npo_loss))

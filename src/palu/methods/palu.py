@@ -14,7 +14,7 @@ import torch
 from palu.data.labels import ORDINARY, select_prefix
 from palu.config import require
 from palu.errors import PaluError
-from palu.methods.common import (Head, WeightedOptions, answer_positions, final_hidden, mean_or_zero,
+from palu.methods.common import (Head, Method, WeightedOptions, answer_positions, final_hidden, mean_or_zero, register,
                                  retain_loss)
 from palu.methods.head import head_loss_sum, ref_argmax
 
@@ -97,3 +97,6 @@ def palu_loss(model, batch: dict, ref_head: Head, cfg: PaluConfig) -> dict[str, 
     ret = retain_loss(model, batch["retain"], ref_head, cfg.retain_loss)
     total = cfg.gamma * sens + cfg.alpha * ret + cfg.alpha * ord_
     return {"loss": total, "forget": sens.detach(), "ordinary": ord_.detach(), "retain": ret.detach()}
+
+
+register(Method("palu", PaluConfig, palu_loss, uses_spans=True))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from palu.methods.common import (Head, RetainOptions, Setup, at_answers, final_hidden, mean_or_zero,
+from palu.methods.common import (Head, Method, RetainOptions, Setup, at_answers, final_hidden, mean_or_zero, register,
                                  retain_loss)
 
 
@@ -69,3 +69,6 @@ def pdu_loss(model, batch: dict, ref_head: Head, cfg: PDUConfig, multiplier: Mul
     total = cfg.lambda_f * flat + used * (ret - cfg.eps)
     multiplier.update(float(ret.detach()))
     return {"loss": total, "forget": flat.detach(), "retain": ret.detach(), "lambda_r": torch.tensor(used)}
+
+
+register(Method("pdu", PDUConfig, pdu_loss, pdu_prepare))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from palu.errors import PaluError
-from palu.methods.common import Head, Setup, answer_positions, hidden_state, sequence_means
+from palu.methods.common import Head, Method, Setup, answer_positions, hidden_state, register, sequence_means
 
 WMDP_LAYER = 7
 
@@ -99,3 +99,6 @@ def rmu_loss(model, batch: dict, ref_head: Head, cfg: RMUConfig, layer: int,
     forget_term = masked_mse(h, cfg.steering_coeff * direction.to(h.device), forget)
     ret = masked_mse(answer_activations(model, retain, layer), retain["ref_layer_hidden"], retain)
     return {"loss": forget_term + cfg.alpha * ret, "forget": forget_term.detach(), "retain": ret.detach()}
+
+
+register(Method("rmu", RMUConfig, rmu_loss, rmu_prepare))

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from palu.methods.common import (Head, WeightedOptions, answer_lengths, at_answers, final_hidden, preference_loss,
-                                 sequence_logprob, weighted_total)
+from palu.methods.common import (Head, Method, WeightedOptions, answer_lengths, at_answers, final_hidden,
+                                 preference_loss, register, sequence_logprob, weighted_total)
 
 
 @dataclass
@@ -33,3 +33,6 @@ def simnpo_loss(model, batch: dict, ref_head: Head, cfg: SimNPOConfig) -> dict[s
     h, _ = at_answers(final_hidden(model, forget), forget)
     per_token_nll = -sequence_logprob(h, forget, Head.of(model)) / answer_lengths(forget).clamp_min(1)
     return weighted_total(model, batch, ref_head, preference_loss(per_token_nll - cfg.delta, cfg.beta), cfg)
+
+
+register(Method("simnpo", SimNPOConfig, simnpo_loss))

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from palu.data.labels import ORDINARY, SENSITIVE
-from palu.methods.common import (Head, RetainOptions, answer_positions, final_hidden, mean_or_zero,
-                                 preference_loss, retain_loss, sequence_sums, token_nll)
+from palu.methods.common import (Head, Method, RetainOptions, answer_positions, final_hidden, mean_or_zero,
+                                 preference_loss, register, retain_loss, sequence_sums, token_nll)
 
 
 @dataclass
@@ -57,3 +57,6 @@ def tpo_loss(model, batch: dict, ref_head: Head, cfg: TPOConfig) -> dict[str, to
     ord_ = mean_or_zero(token_nll(head.logits(h[ordinary]), targets[ordinary]), h)
     ret = retain_loss(model, batch["retain"], ref_head, cfg.retain_loss)
     return {"loss": sens + ord_ + ret, "forget": sens.detach(), "ordinary": ord_.detach(), "retain": ret.detach()}
+
+
+register(Method("tpo", TPOConfig, tpo_loss, uses_spans=True))

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from palu.methods.common import (Head, WeightedOptions, at_answers, final_hidden, mean_or_zero, token_nll,
-                                 weighted_total)
+from palu.methods.common import (Head, Method, WeightedOptions, at_answers, final_hidden, mean_or_zero, register,
+                                 token_nll, weighted_total)
 
 
 @dataclass
@@ -34,3 +34,6 @@ def wga_loss(model, batch: dict, ref_head: Head, cfg: WGAConfig) -> dict[str, to
     ce = token_nll(Head.of(model).logits(h), targets)
     weight = torch.exp(-ce.detach() * cfg.beta)
     return weighted_total(model, batch, ref_head, -mean_or_zero(weight * ce, ce), cfg)
+
+
+register(Method("wga", WGAConfig, wga_loss))

@@ -13,9 +13,6 @@ from palu.io import write_text
 from palu.report.discover import discover, forget_items
 from palu.report.render import MARK, html_page, markdown
 
-REPORT_FILE = "report.html"
-
-
 def write_report(run_dirs: list[Path], out: Path, overwrite: bool = False) -> tuple[Path, Path]:
     """Write the HTML report to ``out`` and its summary table beside it (``.md``); returns both paths.
 
@@ -37,13 +34,6 @@ def write_report(run_dirs: list[Path], out: Path, overwrite: bool = False) -> tu
     return out, table
 
 
-def run_report(paths: list[str | Path], out: str | Path | None = None, overwrite: bool = False) -> str:
-    """``palu report RUN_DIR... [--out FILE.html]``; by default the report goes into the first folder."""
-    out = Path(out) if out else Path(paths[0] if paths else ".") / REPORT_FILE
-    page, table = write_report([Path(p) for p in paths], out, overwrite)
-    return f"report written to {page.resolve()}\nsummary table in {table.resolve()}"
-
-
 def _written_by_report(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:
@@ -52,4 +42,4 @@ def _written_by_report(path: Path) -> bool:
         return False
 
 
-__all__ = ["run_report", "write_report"]
+__all__ = ["write_report"]

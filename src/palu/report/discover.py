@@ -24,12 +24,10 @@ from palu.data.qa import QAItem
 from palu.data.sources import SyntheticConfig, load_items
 from palu.errors import PaluError
 from palu.io import read_json
-from palu.runs import DONE, MODEL_DIR
-from palu.train.loop import CHECKPOINT
+from palu.runs import CHECKPOINT, CONFIG, DONE, EVAL_PREFIX, HISTORY, MODEL_DIR, RESULTS, SUMMARY, evaluation_dir
 
 BEFORE, REFERENCE, UNLEARNED = "before", "reference", "unlearned"
 ROLE_NAMES = {"full": BEFORE, "retain": REFERENCE}
-EVAL_PREFIX = "eval-"
 GENERATIONS = "forget_Q_A_ROUGE"  # the per-item result whose generations the report shows
 
 
@@ -68,10 +66,10 @@ def discover(paths: list[str | Path]) -> list[Run]:
 def _expand(path: Path) -> list[Run]:
     if not path.is_dir():
         raise PaluError(f"{path}: no such folder; give run folders, evaluation folders or a demo folder.")
-    if (path / "results.json").exists() or ((path / "summary.json").exists() and not _evaluations_in(path)):
+    if (path / RESULTS).exists() or ((path / SUMMARY).exists() and not _evaluations_in(path)):
         name = path.name.removeprefix(EVAL_PREFIX)
         return [Run(name, ROLE_NAMES.get(name, UNLEARNED), eval_dir=path)]
-    if (path / "history.json").exists() or (path / DONE).exists() or (path / CHECKPOINT).exists():
+    if (path / HISTORY).exists() or (path / DONE).exists() or (path / CHECKPOINT).exists():
         before = _before_of(path)
         return ([before] if before else []) + [Run(path.name, UNLEARNED, run_dir=path, eval_dir=_evaluation_of(path))]
     evaluations = _evaluations_in(path)
@@ -89,31 +87,31 @@ def _expand(path: Path) -> list[Run]:
 def _evaluations_in(path: Path) -> list[Path]:
     """``eval-*`` subfolders, in the order of the folder's summary.json (the demo's table) when it has one."""
     found = sorted(p for p in path.glob(f"{EVAL_PREFIX}*") if p.is_dir())
-    table = read_json(path / "summary.json") if (path / "summary.json").exists() else {}
+    table = read_json(path / SUMMARY) if (path / SUMMARY).exists() else {}
     order = {name: i for i, name in enumerate(table if isinstance(table, dict) else [])}
     return sorted(found, key=lambda p: order.get(p.name.removeprefix(EVAL_PREFIX), len(order)))
 
 
 def _evaluation_of(run_dir: Path) -> Path | None:
-    inside = sorted(p.parent for p in run_dir.glob("*/results.json"))
+    inside = sorted(p.parent for p in run_dir.glob(f"*/{RESULTS}"))
     if len(inside) > 1:
         raise PaluError(f"{run_dir}: several evaluations ({', '.join(p.name for p in inside)}); "
                         "name the one to report instead of the run folder.")
     if inside:
         return inside[0]
-    sibling = run_dir.parent / f"{EVAL_PREFIX}{run_dir.name}"
-    return sibling if (sibling / "results.json").exists() else None
+    sibling = evaluation_dir(run_dir.parent, run_dir.name)
+    return sibling if (sibling / RESULTS).exists() else None
 
 
 def _before_of(run_dir: Path) -> Run | None:
     """The evaluated run folder that the run's ``model`` came from, if it is one (``<run>/model``)."""
-    config = run_dir / "config.yaml"
+    config = run_dir / CONFIG
     model = read_yaml(config).get("model") if config.exists() else None
     if not isinstance(model, str):
         return None
     origin = Path(model)
     origin = origin.parent if origin.name == MODEL_DIR else origin
-    if not (origin / "history.json").exists():
+    if not (origin / HISTORY).exists():
         return None
     evaluation = _evaluation_of(origin)
     return Run(origin.name, BEFORE, run_dir=origin, eval_dir=evaluation) if evaluation else None
@@ -129,20 +127,20 @@ def _unique_names(runs: list[Run]) -> None:
 
 def _load(run: Run) -> None:
     if run.run_dir is not None and run.role == UNLEARNED:
-        if not (run.run_dir / "history.json").exists():
+        if not (run.run_dir / HISTORY).exists():
             raise PaluError(f"{run.run_dir}: no history.json; the run is unfinished. Finish it with --resume "
                             "or leave it out.")
-        run.history = _read(run.run_dir / "history.json", list)
+        run.history = _read(run.run_dir / HISTORY, list)
         if not all(isinstance(rec, dict) for rec in run.history):
-            raise PaluError(f"{run.run_dir / 'history.json'}: expected a list of per-epoch records.")
+            raise PaluError(f"{run.run_dir / HISTORY}: expected a list of per-epoch records.")
     if run.eval_dir is not None:
-        for name in ("summary.json", "results.json"):
+        for name in (SUMMARY, RESULTS):
             if not (run.eval_dir / name).exists():
                 raise PaluError(f"{run.eval_dir}: no {name}; the evaluation is unfinished. Run palu eval again "
                                 "or leave it out.")
-        run.summary = _read(run.eval_dir / "summary.json", dict)
-        run.results = _read(run.eval_dir / "results.json", dict)
-        _check_generations(run.eval_dir / "results.json", run.results)
+        run.summary = _read(run.eval_dir / SUMMARY, dict)
+        run.results = _read(run.eval_dir / RESULTS, dict)
+        _check_generations(run.eval_dir / RESULTS, run.results)
 
 
 def _read(path: Path, kind: type):
@@ -181,8 +179,8 @@ def forget_items(runs: list[Run]) -> dict[str, QAItem]:
     Read through each unlearned run's config (the spans it unlearned) and each evaluation's config
     (the items its generations answer); an item with spans wins over the same answer without.
     """
-    configs = [r.run_dir / "config.yaml" for r in runs if r.run_dir and r.role == UNLEARNED]
-    configs += [r.eval_dir / "config.yaml" for r in runs if r.eval_dir]
+    configs = [r.run_dir / CONFIG for r in runs if r.run_dir and r.role == UNLEARNED]
+    configs += [r.eval_dir / CONFIG for r in runs if r.eval_dir]
     items: dict[str, QAItem] = {}
     loaded: set[str] = set()
     for path in configs:

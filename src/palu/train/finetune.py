@@ -11,7 +11,7 @@ from palu.data.prompts import PromptConfig
 from palu.data.qa import QAItem
 from palu.errors import PaluError
 from palu.eval.metrics import answer_prob, rouge_l
-from palu.eval.scoring import answer_nll, generate
+from palu.eval.scoring import generate, nll_and_accuracy
 from palu.train.loop import STOP, EpochData, TrainConfig, train
 
 
@@ -41,8 +41,8 @@ class StopWhenKnown:
     def __call__(self, epoch: int, model) -> dict:
         if epoch < self.cfg.from_epoch:
             return {}
-        nll, _ = answer_nll(model, self.tokenizer, self.items, self.prompt, batch_size=self.cfg.batch_size,
-                         max_length=self.max_length)
+        nll, _ = nll_and_accuracy(model, self.tokenizer, self.items, self.prompt, batch_size=self.cfg.batch_size,
+                               max_length=self.max_length)
         answers = generate(model, self.tokenizer, self.items, self.prompt, max_new_tokens=self.cfg.max_new_tokens,
                            batch_size=self.cfg.batch_size)
         prob = float(answer_prob(nll).mean())

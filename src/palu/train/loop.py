@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from safetensors import SafetensorError
 from torch.utils.data import DataLoader, Dataset
@@ -22,9 +22,10 @@ from transformers import get_scheduler
 
 from palu.config import require
 from palu.errors import PaluError
+from palu.distributed import process_state  # noqa: F401 (the loop and its callers share one setup)
 from palu.io import read_json, write_json
+from palu.runs import CHECKPOINT, CHECKPOINT_STATE
 
-CHECKPOINT = "checkpoint"
 STOP = "stopped_early"  # an epoch hook returning {STOP: True} ends training after that epoch
 
 
@@ -96,15 +97,6 @@ class EpochData(Dataset):
 
     def __getitem__(self, i: int):
         return self.fetch(self.order[i], self.epoch)
-
-
-def process_state() -> PartialState:
-    """This process's place among the training processes; on CPUs several processes use gloo.
-
-    Created here (and by :func:`train`) with the same ``cpu`` flag, since the first creation fixes
-    the distributed setup for the whole process.
-    """
-    return PartialState(cpu=not torch.accelerator.is_available())
 
 
 def mixed_precision(setting: str) -> str:
@@ -230,13 +222,13 @@ def _load_checkpoint(accelerator: Accelerator, ckpt: Path) -> list[dict]:
     A swap interrupted between its two renames leaves the previous checkpoint as ``checkpoint.old``.
     """
     old = ckpt.with_name(CHECKPOINT + ".old")
-    if accelerator.is_main_process and not ckpt.exists() and (old / "state.json").exists():
+    if accelerator.is_main_process and not ckpt.exists() and (old / CHECKPOINT_STATE).exists():
         old.rename(ckpt)
     accelerator.wait_for_everyone()
-    if not (ckpt / "state.json").exists():
+    if not (ckpt / CHECKPOINT_STATE).exists():
         return []
     try:
-        history = read_json(ckpt / "state.json")["history"]
+        history = read_json(ckpt / CHECKPOINT_STATE)["history"]
         accelerator.load_state(str(ckpt))
     except (PaluError, KeyError, TypeError, RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError,
             SafetensorError) as e:
@@ -263,7 +255,7 @@ def _save_checkpoint(accelerator: Accelerator, ckpt: Path, history: list[dict]) 
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()  # every process has written its part before the swap
     if accelerator.is_main_process:
-        write_json(tmp / "state.json", {"history": history})
+        write_json(tmp / CHECKPOINT_STATE, {"history": history})
         old = ckpt.with_name(CHECKPOINT + ".old")
         if ckpt.exists():
             shutil.rmtree(old, ignore_errors=True)

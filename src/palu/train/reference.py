@@ -13,6 +13,7 @@ import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from palu.batching import length_batches, restore_order
 from palu.data.labels import Encoded, collate
 from palu.methods.common import answer_positions, hidden_state
 from palu.train.loop import process_state
@@ -31,20 +32,15 @@ def reference_hidden(model, examples: list[Encoded], pad_id: int, batch_size: in
     was_training = model.training
     model.eval()
     model.to(state.device)
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    mine = order[state.process_index :: state.num_processes]  # every process gets short and long ones
-    computed: list[tuple[int, torch.Tensor]] = []
-    starts = range(0, len(mine), batch_size)
-    for start in tqdm(starts, desc="reference", disable=not (progress and state.is_main_process), leave=False):
-        idx = mine[start : start + batch_size]
+    batches = length_batches([len(e.input_ids) for e in examples], batch_size, longest_first=False,
+                             shard=(state.process_index, state.num_processes))  # every process gets short and long ones
+    computed = []
+    for idx in tqdm(batches, desc="reference", disable=not (progress and state.is_main_process), leave=False):
         batch = {k: v.to(state.device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
         hidden = hidden_state(model, batch, index)[:, :-1]
         mask = answer_positions(batch)
-        computed += [(i, hidden[row][mask[row]].cpu()) for row, i in enumerate(idx)]
+        computed.append((idx, [hidden[row][mask[row]].cpu() for row in range(len(idx))]))
     if state.num_processes > 1:
         computed = gather_object(computed)
     model.train(was_training)
-    out: list[torch.Tensor | None] = [None] * len(examples)
-    for i, states in computed:
-        out[i] = states
-    return out
+    return restore_order(len(examples), computed)

@@ -20,11 +20,10 @@ from palu.eval.metrics import get_metric
 from palu.eval.core import summary
 from palu.eval.tofu import evaluate_tofu
 from palu.io import copy_file, read_json, write_json
-from palu.runs import save_model
+from palu.runs import BEST_DIR, BEST_RECORD, EVAL_DIR, epoch_path, save_model
 
 log = logging.getLogger(__name__)
 UTILITY_FALLBACK = "retain_Q_A_Prob"
-BEST_DIR = "best"
 
 
 @dataclass
@@ -62,11 +61,6 @@ def best_epoch(records: list[dict], rule: SelectionRule) -> dict | None:
     return max(candidates, key=lambda r: (sign * r[rule.metric], -r["epoch"]))
 
 
-def epoch_path(run: Path, epoch: int) -> Path:
-    """Where a run keeps its evaluation after ``epoch`` (epoch 0: the starting model)."""
-    return Path(run) / "eval" / f"epoch-{epoch}.json"
-
-
 def share_start(run: Path, start: Path) -> None:
     """Give ``run`` the evaluation ``start`` of its starting model as epoch 0 unless it has one, so
     runs from one model on the same sets evaluate that model once between them."""
@@ -87,7 +81,7 @@ class EpochEvaluator:
                  **eval_options):
         self.tokenizer, self.sets, self.prompt, self.reference, self.stop = tokenizer, sets, prompt, reference, stop
         self.run, self.rule, self.progress, self.options = Path(run), rule, progress, eval_options
-        self.records = [read_json(p)["summary"] for p in sorted((self.run / "eval").glob("epoch-*.json"),
+        self.records = [read_json(p)["summary"] for p in sorted((self.run / EVAL_DIR).glob("epoch-*.json"),
                                                                  key=lambda p: int(re.findall(r"\d+", p.stem)[0]))]
 
     def evaluate(self, epoch: int, model) -> dict:
@@ -106,7 +100,7 @@ class EpochEvaluator:
         best = best_epoch(self.records, self.rule)
         if best is not None and best["epoch"] == epoch:
             save_model(self.run / BEST_DIR, model, self.tokenizer)  # a PEFT model saves its adapter
-            write_json(self.run / "best.json", {"rule": vars(self.rule), **best})
+            write_json(self.run / BEST_RECORD, {"rule": vars(self.rule), **best})
             log.info("epoch %d is the best so far by %s; saved to %s", epoch, self.rule.metric, self.run / BEST_DIR)
         if self.stop is not None:
             self.stop(self.records)

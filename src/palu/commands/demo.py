@@ -11,19 +11,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from palu.adapters import AdapterConfig
-from palu.commands import (
-    EvalConfig, EvalSets, FinetuneConfig, ScratchConfig, UnlearnConfig, qa_texts, run_eval, run_finetune, run_unlearn,
-    scratch_train,
-)
+from palu.commands import eval as eval_command
+from palu.commands import finetune, unlearn
+from palu.commands.eval import run_eval
+from palu.commands.finetune import ScratchConfig, run_finetune, scratch_train
+from palu.commands.unlearn import run_unlearn
+from palu.config import load_config
 from palu.data.prompts import PromptConfig
 from palu.data.sources import SyntheticConfig, synthetic
+from palu.data.qa import item_texts
 from palu.data.synthetic import synthetic_splits
+from palu.eval.sets import EvalSets
 from palu.eval.core import format_value
 from palu.io import read_json, replacing_dir, write_json
 from palu.methods import METHODS
 from palu.models import train_bpe_tokenizer
-from palu.runs import Reuse, run_folder
+from palu.runs import RESULTS, SUMMARY, TOKENIZER_DIR, Reuse, evaluation_dir, run_folder
 from palu.train.loop import TrainConfig
+
+HELP = "train tiny full and retain models on the built-in data, unlearn with PALU, compare (offline)"
+RESUMABLE = True
 
 COLUMNS = [  # (metric key, column title)
     ("forget_quality", "forget quality"),
@@ -37,7 +44,7 @@ COLUMNS = [  # (metric key, column title)
 
 
 @dataclass
-class DemoConfig:
+class Config:
     """``palu demo``: every stage's settings; the defaults finish in minutes on 2 CPU cores.
 
     Attributes:
@@ -65,7 +72,7 @@ class DemoConfig:
     eval_every_epoch: bool = False
 
 
-def compared_methods(cfg: DemoConfig, compare: bool) -> dict[str, dict]:
+def compared_methods(cfg: Config, compare: bool) -> dict[str, dict]:
     """{row name: method options}: the configured method, and with ``compare`` every registered one
     (the configured options for its own method, the defaults for the others)."""
     if not compare:
@@ -74,7 +81,7 @@ def compared_methods(cfg: DemoConfig, compare: bool) -> dict[str, dict]:
     return {name: dict(cfg.method) if name == chosen else {"name": name} for name in METHODS}
 
 
-def run_demo(cfg: DemoConfig, overwrite: bool = False, resume: bool = False, progress: bool = True,
+def run_demo(cfg: Config, overwrite: bool = False, resume: bool = False, progress: bool = True,
              compare: bool = False, allow_config_change: bool = False) -> dict:
     """Run every stage (skipping finished ones) and return {model: {metric: value}}.
 
@@ -85,40 +92,40 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False, resume: bool = False, pro
         return _stages(cfg, out, progress, compare)
 
 
-def _stages(cfg: DemoConfig, out: Path, progress: bool, compare: bool) -> dict:
-    tok_dir = out / "tokenizer"
+def _stages(cfg: Config, out: Path, progress: bool, compare: bool) -> dict:
+    tok_dir = out / TOKENIZER_DIR
     if not (tok_dir / "tokenizer.json").exists():
         s = cfg.synthetic
         splits = synthetic_splits(s.n_authors, s.forget_authors, s.holdout_authors, s.seed)
-        texts = qa_texts(splits.retain + splits.forget + splits.holdout)
+        texts = item_texts(splits.retain + splits.forget + splits.holdout)
         with replacing_dir(tok_dir) as tmp:
             train_bpe_tokenizer(texts, cfg.scratch.vocab_size).save_pretrained(tmp)
     common = dict(synthetic=cfg.synthetic, prompt=cfg.prompt)
     models = {}
     for name, split in (("retain", "retain"), ("full", "full")):
-        ft = FinetuneConfig(model="scratch", tokenizer=str(tok_dir), data=[synthetic(split)], output_dir=str(out / name),
+        ft = finetune.Config(model="scratch", tokenizer=str(tok_dir), data=[synthetic(split)], output_dir=str(out / name),
                             scratch=cfg.scratch, train=cfg.finetune, **common)
         models[name] = run_finetune(ft, resume=True, progress=progress)
-    reference = str(out / "eval-retain" / "results.json")
+    reference = str(evaluation_dir(out, "retain") / RESULTS)
     sets = EvalSets(retain=synthetic("retain", cfg.retain_eval_items), holdout=synthetic("holdout"),
                     retain_reference=reference, fluency_model=str(models["retain"]), max_new_tokens=cfg.max_new_tokens,
                     max_length=max(cfg.finetune.max_length, cfg.unlearn.max_length))
 
     def evaluate(name: str) -> dict:
-        run = out / f"eval-{name}"
-        if not (run / "summary.json").exists():
+        run = evaluation_dir(out, name)
+        if not (run / SUMMARY).exists():
             own = {**vars(sets), "retain_reference": None if name == "retain" else reference}
-            run_eval(EvalConfig(**own, model=str(models[name]), output_dir=str(run), **common), overwrite=True,
+            run_eval(eval_command.Config(**own, model=str(models[name]), output_dir=str(run), **common), overwrite=True,
                      progress=progress)
-        return read_json(run / "summary.json")
+        return read_json(run / SUMMARY)
 
     table = {"retain": evaluate("retain")}  # the reference: no forget quality against itself
     for name, method in compared_methods(cfg, compare).items():
-        ul = UnlearnConfig(model=str(models["full"]), method=method, peft=cfg.peft, output_dir=str(out / name),
+        ul = unlearn.Config(model=str(models["full"]), method=method, peft=cfg.peft, output_dir=str(out / name),
                            train=cfg.unlearn, eval=sets if cfg.eval_every_epoch else None, **common)
         models[name] = run_unlearn(ul, resume=True, progress=progress)
     table.update({name: evaluate(name) for name in models if name != "retain"})
-    write_json(out / "summary.json", table)
+    write_json(out / SUMMARY, table)
     return table
 
 
@@ -130,3 +137,12 @@ def render_table(table: dict) -> str:
     line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
+
+def arguments(parser) -> None:
+    parser.add_argument("--compare", action="store_true", help="unlearn with PALU and every baseline; one table")
+
+
+def main(args) -> str:
+    cfg = load_config(Config, args.config, args.overrides)
+    table = run_demo(cfg, args.overwrite, args.resume, not args.quiet, args.compare, args.allow_config_change)
+    return f"{render_table(table)}\n\nall outputs in {Path(cfg.output_dir).resolve()}"

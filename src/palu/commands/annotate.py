@@ -15,14 +15,17 @@ from palu.annotate.base import Annotated, get_annotator
 from palu.data.loaders import ANNOTATION_SPANS_FIELD, DataSource
 from palu.data.qa import QAItem
 from palu.data.sources import SyntheticConfig, load_items, synthetic
+from palu.config import load_config
 from palu.errors import PaluError
 from palu.io import write_text
 
+HELP = "find the sensitive spans in QA answers (contrast, rules, file or llm annotator)"
+RESUMABLE = False
 HIGHLIGHT, RESET = "\x1b[1;30;43m", "\x1b[0m"  # bold black on yellow
 
 
 @dataclass
-class AnnotateConfig:
+class Config:
     """``palu annotate``: find the sensitive spans of a data source's answers.
 
     Attributes:
@@ -42,7 +45,7 @@ class AnnotateConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
-def run_annotate(cfg: AnnotateConfig, overwrite: bool = False) -> str:
+def run_annotate(cfg: Config, overwrite: bool = False) -> str:
     """Annotate, write ``cfg.output`` and return the text to print (report, and the spans if ``show``).
 
     A run in which every item failed is an error and writes nothing: its output would only hold the
@@ -101,3 +104,12 @@ def show_spans(items: list[QAItem], color: bool = True) -> str:
         head = f"{item.source}\n" if item.source else ""
         blocks.append(f"{head}Q: {item.question}\nA: {''.join(parts)}")
     return "\n\n".join(blocks)
+
+
+def arguments(parser) -> None:
+    parser.add_argument("--show", action="store_true", help="print the answers with their spans highlighted")
+
+
+def main(args) -> str:
+    cfg = load_config(Config, args.config, args.overrides + (["show=true"] if args.show else []))
+    return run_annotate(cfg, args.overwrite)

@@ -26,14 +26,16 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from palu.commands import UnlearnConfig, run_unlearn
-from palu.config import require
+from palu.commands import unlearn
+from palu.commands.unlearn import run_unlearn
+from palu.config import load_config, require
 from palu.errors import PaluError
 from palu.io import copy_file, read_json, write_json
-from palu.runs import Reuse, new_run, run_folder
-from palu.train.selection import UTILITY_FALLBACK, best_epoch, epoch_path, share_start, utility_floor
+from palu.runs import EVAL_DIR, FRONT, START_EVAL, STUDY, Reuse, epoch_path, new_run, run_folder, trial_dir
+from palu.train.selection import UTILITY_FALLBACK, best_epoch, share_start, utility_floor
 
-START = "start-eval.json"  # the starting model's evaluation, shared by the trials
+HELP = "search PALU's lr, alpha, K and N for the forget-quality / utility Pareto front (Optuna)"
+RESUMABLE = False  # a sweep folder always resumes: its workers share it
 
 
 @dataclass
@@ -61,7 +63,7 @@ class SearchSpace:
 
 
 @dataclass
-class SweepConfig:
+class Config:
     """``palu sweep``: the base unlearning run (``unlearn.*``, with ``unlearn.eval`` set) and the search.
 
     Attributes:
@@ -71,7 +73,7 @@ class SweepConfig:
             not recovering (no higher than at the epoch before).
     """
 
-    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    unlearn: unlearn.Config = field(default_factory=unlearn.Config)
     space: SearchSpace = field(default_factory=SearchSpace)
     trials: int = 30
     sampler: str = "tpe"
@@ -99,7 +101,7 @@ def utility_of(record: dict, name: str) -> float | None:
     return record.get(name) if record.get(name) is not None else record.get(UTILITY_FALLBACK)
 
 
-def run_sweep(cfg: SweepConfig, overwrite: bool = False, progress: bool = False,
+def run_sweep(cfg: Config, overwrite: bool = False, progress: bool = False,
               allow_config_change: bool = False) -> list[dict]:
     """Run (or resume) the study; returns the Pareto-optimal trials, also written to ``pareto.json``.
 
@@ -113,12 +115,12 @@ def run_sweep(cfg: SweepConfig, overwrite: bool = False, progress: bool = False,
         return _search(cfg, out, progress)
 
 
-def _search(cfg: SweepConfig, out: Path, progress: bool) -> list[dict]:
+def _search(cfg: Config, out: Path, progress: bool) -> list[dict]:
     import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    study = optuna.create_study(study_name="palu", storage=f"sqlite:///{out / 'study.db'}", load_if_exists=True,
+    study = optuna.create_study(study_name="palu", storage=f"sqlite:///{out / STUDY}", load_if_exists=True,
                                 directions=["maximize", "maximize"])
     study.sampler = _sampler(cfg.sampler, cfg.seed + len(study.trials))
     rule, utility = cfg.unlearn.select, cfg.unlearn.select.utility
@@ -130,8 +132,8 @@ def _search(cfg: SweepConfig, out: Path, progress: bool) -> list[dict]:
                   "top_k": trial.suggest_categorical("top_k", space.top_k),
                   "first_n": trial.suggest_categorical("first_n", space.first_n)}
         train = replace(cfg.unlearn.train, lr=trial.suggest_float("lr", *space.lr, log=True))
-        run = out / f"trial-{trial.number:03d}"
-        start_trial(run, out / START)
+        run = trial_dir(out, trial.number)
+        start_trial(run, out / START_EVAL)
         run_cfg = replace(cfg.unlearn, method=method, train=train, output_dir=str(run))
         try:
             run_unlearn(run_cfg, resume=True, progress=progress, stop=lambda records: _prune(records, utility,
@@ -140,9 +142,9 @@ def _search(cfg: SweepConfig, out: Path, progress: bool) -> list[dict]:
         except UtilityCollapsed:
             pruned = True
         finally:
-            if not (out / START).is_file() and epoch_path(run, 0).is_file():
-                copy_file(epoch_path(run, 0), out / START)
-        records = sorted((read_json(p)["summary"] for p in (run / "eval").glob("epoch-*.json")), key=lambda r: r["epoch"])
+            if not (out / START_EVAL).is_file() and epoch_path(run, 0).is_file():
+                copy_file(epoch_path(run, 0), out / START_EVAL)
+        records = sorted((read_json(p)["summary"] for p in (run / EVAL_DIR).glob("epoch-*.json")), key=lambda r: r["epoch"])
         kept = best_epoch(records, rule)
         chosen = kept or records[-1]
         name, floor = utility_floor(records, rule)
@@ -164,7 +166,7 @@ def _search(cfg: SweepConfig, out: Path, progress: bool) -> list[dict]:
         study.optimize(objective, n_trials=remaining, catch=(), callbacks=[MaxTrialsCallback(cfg.trials, states=done)])
     front = [{"trial": t.number, "epoch": t.user_attrs.get("epoch"), "forget_quality": t.values[0],
               "utility": t.values[1], **t.params} for t in sorted(study.best_trials, key=lambda t: -t.values[0])]
-    write_json(out / "pareto.json", front)
+    write_json(out / FRONT, front)
     return front
 
 
@@ -214,3 +216,9 @@ def pareto_table(front: list[dict]) -> str:
     rows = [f"{r['trial']:>5}  {r['epoch']:>5}  {r['forget_quality']:>14.4g}  {r['utility']:>8.4f}  {r['lr']:>9.2e}  "
             f"{r['alpha']:>6.3g}  {r['top_k']:>5}  {r['first_n']:>3}" for r in front]
     return "\n".join([header, *rows])
+
+
+def main(args) -> str:
+    cfg = load_config(Config, args.config, args.overrides)
+    front = run_sweep(cfg, args.overwrite, not args.quiet, args.allow_config_change)
+    return f"{pareto_table(front)}\n\nthe study and every trial are in {Path(cfg.output_dir).resolve()}"
