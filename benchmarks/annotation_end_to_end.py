@@ -25,8 +25,8 @@ from datetime import date
 from pathlib import Path
 
 import torch
-
 from annotators import ROOT, train_pair
+
 from palu.annotate import annotate
 from palu.data.loaders import DataSource, load_qa
 from palu.data.prompts import PromptConfig

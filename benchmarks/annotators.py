@@ -28,8 +28,8 @@ from palu.annotate import annotate, get_annotator
 from palu.annotate.quality import span_f1
 from palu.commands.finetune import Config as FinetuneConfig
 from palu.commands.finetune import ScratchConfig, run_finetune, scratch_train
-from palu.data.qa import item_texts
 from palu.data.loaders import DataSource, load_qa
+from palu.data.qa import item_texts
 from palu.data.sources import SyntheticConfig, load_items, synthetic
 from palu.models import load_model, load_tokenizer, train_bpe_tokenizer
 

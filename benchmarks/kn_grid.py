@@ -21,12 +21,13 @@ import torch
 
 from palu.commands.unlearn import Config as UnlearnConfig
 from palu.commands.unlearn import run_unlearn
-from palu.eval.sets import EvalSets, eval_sets
 from palu.data.prompts import PromptConfig
 from palu.data.sources import SyntheticConfig, synthetic
 from palu.eval.core import summary
+from palu.eval.sets import EvalSets, eval_sets
 from palu.eval.tofu import evaluate_tofu
 from palu.io import read_json
+from palu.methods import configure
 from palu.models import load_model, load_tokenizer
 from palu.train.loop import TrainConfig
 
@@ -50,7 +51,7 @@ def main() -> None:
         for n in NS:
             with tempfile.TemporaryDirectory() as tmp:
                 cfg = UnlearnConfig(model=str(args.demo / "full" / "model"), train=train, output_dir=tmp,
-                                    method={"name": "palu", "top_k": k, "first_n": n, "alpha": 2.0})
+                                    method=configure({"name": "palu", "top_k": k, "first_n": n, "alpha": 2.0}))
                 model = load_model(str(run_unlearn(cfg, overwrite=True, progress=False)))
                 cells[k, n] = summary(evaluate_tofu(model, tok, sets, PromptConfig(), reference,
                                                     **sets_cfg.options()))

@@ -50,7 +50,8 @@ def make_model(vocab: int):
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=1376, num_hidden_layers=LAYERS,
-                      num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=T, tie_word_embeddings=False)
+                      num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=T,
+                      tie_word_embeddings=False)
     return LlamaForCausalLM(cfg)
 
 
@@ -137,7 +138,8 @@ def run_child(impl: str, vocab: int, top_k: int, steps: int) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| vocabulary | impl | step (s) | peak RSS (MB) | resident reference (MB) | precompute (s) | time ratio | peak ratio |",
+    lines = ["| vocabulary | impl | step (s) | peak RSS (MB) | resident reference (MB) | precompute (s) | time ratio "
+             "| peak ratio |",
              "|---|---|---|---|---|---|---|---|"]
     for vocab in sorted({r["vocab"] for r in rows}):
         off = next(r for r in rows if r["vocab"] == vocab and r["impl"] == "official")

@@ -9,7 +9,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from palu.models import train_bpe_tokenizer
+from palu.models import tiny_llama, train_bpe_tokenizer
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 
@@ -69,11 +69,26 @@ def greedy_loop(model, tok, ids: list[int], max_new_tokens: int) -> str:
 
 
 @pytest.fixture(scope="session")
-def saved_model(tmp_path_factory, bpe_tokenizer):
-    """A tiny Llama and its tokenizer saved as a model folder, as `palu finetune` leaves one."""
-    from palu.models import tiny_llama
+def tiny_model():
+    """Builds a tiny random Llama: ``tiny_model(tokenizer, seed=0, hidden=32, layers=1, heads=2)``.
 
+    The vocabulary is the tokenizer's, and its BOS, EOS and pad ids go into the config. Without a tokenizer,
+    ``tiny_model(vocab_size=64)`` gives a model whose config names no special tokens.
+    """
+
+    def build(tokenizer=None, seed: int = 0, *, vocab_size: int | None = None, hidden: int = 32, layers: int = 1,
+              heads: int = 2):
+        if vocab_size is None:
+            vocab_size = len(tokenizer)
+        return tiny_llama(vocab_size, hidden=hidden, layers=layers, heads=heads, tokenizer=tokenizer, seed=seed)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def saved_model(tmp_path_factory, bpe_tokenizer, tiny_model):
+    """A tiny Llama and its tokenizer saved as a model folder, as `palu finetune` leaves one."""
     folder = tmp_path_factory.mktemp("saved") / "model"
-    tiny_llama(len(bpe_tokenizer), hidden=32, layers=1, heads=2, tokenizer=bpe_tokenizer).save_pretrained(folder)
+    tiny_model(bpe_tokenizer).save_pretrained(folder)
     bpe_tokenizer.save_pretrained(folder)
     return folder

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from palu.adapters import AdapterConfig, add_adapter, for_saving
+from palu.commands.demo import Config as DemoConfig
 from palu.config import load_config
 from palu.data.prompts import PromptConfig
 from palu.data.synthetic import synthetic_splits
-from palu.commands.demo import Config as DemoConfig
 from palu.errors import PaluError
 from palu.methods.palu import PaluConfig
-from palu.models import load_model, tiny_llama, train_bpe_tokenizer
+from palu.models import load_model, train_bpe_tokenizer
 from palu.train.loop import TrainConfig
 from palu.train.unlearn import unlearn
 
@@ -24,9 +24,9 @@ def setup():
     return splits, tok
 
 
-def test_lora_unlearning_trains_only_the_adapter_and_saves(setup, tmp_path):
+def test_lora_unlearning_trains_only_the_adapter_and_saves(setup, tiny_model, tmp_path):
     splits, tok = setup
-    tiny_llama(len(tok), hidden=32, layers=1, heads=2, tokenizer=tok).save_pretrained(tmp_path / "base")
+    tiny_model(tok).save_pretrained(tmp_path / "base")
     base = load_model(str(tmp_path / "base"))  # an adapter records where its base model lives
     original = {k: v.clone() for k, v in base.state_dict().items()}
     model = add_adapter(base, AdapterConfig(r=4))

@@ -9,21 +9,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED
 
 from palu.annotate import annotate, get_annotator
-from palu.commands.annotate import Config as AnnotateConfig
-from palu.commands.annotate import run_annotate, show_spans
 from palu.annotate.contrast import ContrastScores, is_modifier, mask_subject, phrases, word_scores
 from palu.annotate.quality import span_f1
 from palu.annotate.text import on_boundaries, word_spans
+from palu.commands.annotate import Config as AnnotateConfig
+from palu.commands.annotate import run_annotate, show_spans
 from palu.data.labels import collate, encode
 from palu.data.loaders import DataSource, load_qa
 from palu.data.prompts import PromptConfig
 from palu.data.qa import QAItem, Span
 from palu.errors import PaluError
-from palu.models import tiny_llama
-
-from conftest import SHARED
 
 
 def texts(item: QAItem) -> list[str]:
@@ -148,7 +146,7 @@ def test_rules_without_spacy_installed_still_work():
 def test_registry_errors_name_the_valid_choices():
     with pytest.raises(PaluError, match="file, llm, rules"):
         get_annotator("magic")
-    with pytest.raises(PaluError, match="no option 'colour'"):
+    with pytest.raises(PaluError, match="unknown option 'colour'"):
         get_annotator("rules", colour=True)
 
 
@@ -160,11 +158,11 @@ PROMPT = PromptConfig()
 
 
 @pytest.fixture(scope="module")
-def memorised(bpe_tokenizer):
+def memorised(bpe_tokenizer, tiny_model):
     """A tiny model trained until it answers "Where was NAME born?" from memory for six made-up people."""
     tok = bpe_tokenizer
     items = [QAItem(f"Where was {name} born?", f"{name} was born in {city}.") for name, city in PLACES]
-    model = tiny_llama(len(tok), hidden=32, layers=1, heads=2, tokenizer=tok)
+    model = tiny_model(tok)
     batch = collate([encode(tok, it, PROMPT, 64) for it in items], tok.pad_token_id)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for _ in range(150):
@@ -247,9 +245,9 @@ def test_the_reference_question_hides_the_subject():
     assert mask_subject("What genre does she write?") == "What genre does she write?"
 
 
-def test_contrast_against_a_base_model(memorised):
+def test_contrast_against_a_base_model(memorised, tiny_model):
     model, tok, items = memorised
-    untrained = tiny_llama(len(tok), hidden=32, layers=1, heads=2, tokenizer=tok, seed=1)
+    untrained = tiny_model(tok, seed=1)
     scores = get_annotator("contrast", model=model, tokenizer=tok, base_model=untrained).token_scores(items)
     for item, s in zip(items, scores):
         assert len(s.score) == len(s.offsets) and word_score(item, s, "born") > 2.0  # all learned vs a random base

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import palu.commands.attack as attack_command
+from palu.commands.attack import Config as AttackConfig
+from palu.commands.attack import attack_table, run_attack
 from palu.commands.eval import Config as EvalConfig
 from palu.commands.eval import run_eval
 from palu.commands.finetune import Config as FinetuneConfig
@@ -19,11 +21,8 @@ from palu.config import load_config
 from palu.data.loaders import DataSource
 from palu.data.sources import SyntheticConfig, load_items, synthetic
 from palu.errors import PaluError
-from palu.commands.attack import Config as AttackConfig
-from palu.commands.attack import attack_table, run_attack
 from palu.eval.attacks import quantize_round_trip, relearn_indices, restrict_reference
 from palu.eval.tofu import add_comparisons
-from palu.models import tiny_llama
 from palu.train.loop import TrainConfig
 
 SYNTH = SyntheticConfig(n_authors=3, forget_authors=1, holdout_authors=1)
@@ -68,8 +67,8 @@ def attacked(model_dir, tmp_path_factory):
     return cfg, table, asked, before
 
 
-def test_round_trip_moves_weights_by_at_most_half_a_step():
-    model = tiny_llama(64, hidden=32, layers=1, heads=2)
+def test_round_trip_moves_weights_by_at_most_half_a_step(tiny_model):
+    model = tiny_model(vocab_size=64)
     errors = {}
     for bits in (8, 4):
         q = quantize_round_trip(copy.deepcopy(model), bits)

@@ -10,20 +10,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import SHARED
 
 from palu.cli import main
+from palu.commands.report import run_report
 from palu.data.loaders import DataSource, load_lines, load_qa
 from palu.data.prompts import PromptConfig
 from palu.data.qa import QAItem, Span, shared_items
 from palu.errors import PaluError
 from palu.methods.ga import GAConfig
-from palu.models import tiny_llama
-from palu.commands.report import run_report
 from palu.report import write_report
 from palu.train.loop import TrainConfig
 from palu.train.unlearn import unlearn
-
-from conftest import SHARED
 
 BOM = b"\xef\xbb\xbf"
 ROW = {"question": "Where was Ann born?", "answer": "Ann was born in Oslo."}
@@ -171,9 +169,10 @@ def test_shared_items_compare_question_and_answer():
 
 
 @pytest.mark.parametrize("retain, warned", [(None, "3 of 3 forget items"), ([qa(7), qa(8)], None)])
-def test_unlearning_warns_when_forget_items_are_in_the_retain_set(bpe_tokenizer, tmp_path, caplog, retain, warned):
+def test_unlearning_warns_when_forget_items_are_in_the_retain_set(bpe_tokenizer, tiny_model, tmp_path, caplog, retain,
+                                                                  warned):
     forget = [qa(i, f"forget.jsonl:{i + 1}") for i in range(3)]
-    model = tiny_llama(len(bpe_tokenizer), hidden=16, layers=1, heads=2, tokenizer=bpe_tokenizer, seed=0)
+    model = tiny_model(bpe_tokenizer, hidden=16)
     train = TrainConfig(epochs=1, batch_size=4, max_length=48, warmup_epochs=0, bf16="false")
     with caplog.at_level(logging.WARNING, logger="palu.train.unlearn"):
         unlearn(model, bpe_tokenizer, forget, retain or forget, "ga", GAConfig(), train, PromptConfig(), tmp_path,

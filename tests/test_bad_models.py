@@ -8,8 +8,8 @@ import json
 import shutil
 
 import pytest
-
 from cli_helpers import one_line_error, unlearn
+
 from palu.errors import PaluError
 from palu.models import load_model, load_tokenizer, trust_remote_code
 

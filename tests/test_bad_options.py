@@ -19,7 +19,7 @@ SWEEP = ["sweep", "unlearn.model=x", "unlearn.eval.retain_reference=r.json"]
     (UNLEARN + ["train.max_grad_norm=-1"], "train.max_grad_norm must be zero or more"),
     (UNLEARN + ["train.max_length=0"], "train.max_length must be at least 2"),
     (UNLEARN + ["train.epochs=0"], "train.epochs"),
-    (UNLEARN + ["train.schedule=zigzag"], "train.schedule must be linear, cosine or constant"),
+    (UNLEARN + ["train.schedule=zigzag"], "train.schedule must be one of linear, cosine, constant, not 'zigzag'"),
     (UNLEARN + ["method.top_k=-5"], "method.top_k must be a positive number, or -1 for all, not -5"),
     (UNLEARN + ["method.first_n=-7"], "method.first_n must be a positive number, or -1 for all, not -7"),
     (UNLEARN + ["method.top_k=abc"], "method.top_k must be a number, not 'abc'"),
@@ -42,11 +42,11 @@ SWEEP = ["sweep", "unlearn.model=x", "unlearn.eval.retain_reference=r.json"]
     (SWEEP + ["space.top_k=[]"], "space.top_k must be a non-empty list"),
     (SWEEP + ["space.first_n=[0, 3]"], "space.first_n must be a non-empty list of positive numbers"),
     (SWEEP + ["trials=0"], "trials must be at least 1"),
-    (SWEEP + ["sampler=grid"], "sampler must be tpe or nsga2"),
+    (SWEEP + ["sampler=grid"], "sampler must be one of tpe, nsga2, not 'grid'"),
     (["sweep", "unlearn.model=x", "unlearn.eval.forget.path=synthetic", "unlearn.eval.forget.split=forget"],
      "unlearn.eval.retain_reference"),
     (["sweep", "unlearn.model=x"], "unlearn.eval.retain_reference"),
-    (["eval", "model=x", "questions=shuffled"], "questions must be 'original' or 'paraphrased'"),
+    (["eval", "model=x", "questions=shuffled"], "questions must be one of original, paraphrased, not 'shuffled'"),
     (["attack", "model=x", "attacks=[fly]"], "unknown attack 'fly'"),
     (["annotate", "annotator=psychic"], "psychic"),
 ])
@@ -108,3 +108,33 @@ def test_a_nested_option_is_named_by_its_full_path(tmp_path, capsys):
     assert "unlearn.train.lr must be a positive number, not -1" in capsys.readouterr().err
     assert main(["demo", "finetune.max_grad_norm=-2", f"output_dir={tmp_path / 'o'}"]) == 2
     assert "finetune.max_grad_norm must be zero or more" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,words", [
+    (UNLEARN + ["method.no_such_option=1"], "method: unknown option 'no_such_option'; valid options: name,"),
+    (UNLEARN + ["method=npo", "method.top_k=3"], "method: unknown option 'top_k'"),  # PALU's, not NPO's
+    (UNLEARN + ["method.target=x"], "method.target must be one of mean, local_mean, not 'x'"),
+    (UNLEARN + ["method.retain_loss=mse"], "method.retain_loss must be one of nll, kl, not 'mse'"),
+    (UNLEARN + ["peft=lora", "peft.save=both"], "peft.save must be one of merged, adapter, not 'both'"),
+    (UNLEARN + ["prompt.chat_template=maybe"], "prompt.chat_template must be one of auto, never, not 'maybe'"),
+    (["annotate", "annotator=rules", "options.colour=1"], "options: unknown option 'colour'; valid options:"),
+    (["annotate", "annotator=llm", "options.retries=many"], "options.retries must be a number, not 'many'"),
+])
+def test_method_and_annotator_options_are_typed_like_every_other(args, words, tmp_path, capsys):
+    """One mechanism, one wording: a method's or an annotator's options are refused as any option is."""
+    test_bad_option_is_one_line(args, words, tmp_path, capsys)
+
+
+def test_every_option_is_listed_in_help(capsys):
+    for verb, keys in {"unlearn": ["model:", "forget.path:", "method.top_k:", "method.beta:", "train.lr:",
+                                   "eval.retain_reference:", "select.utility_floor:", "peft.r:"],
+                       "annotate": ["annotator:", "input.path:", "output:", "options:"],
+                       "sweep": ["unlearn.train.lr:", "space.top_k:", "trials:", "sampler: 'tpe' | 'nsga2' = tpe"],
+                       "demo": ["method.first_n: int = 3", "finetune.epochs:"],
+                       "eval": ["retain_reference:", "questions: 'original' | 'paraphrased' = original"],
+                       "attack": ["attacks:", "relearn.lr:"], "finetune": ["scratch.hidden: int = 256"]}.items():
+        with pytest.raises(SystemExit):
+            main([verb, "--help"])
+        out = capsys.readouterr().out
+        for key in keys:
+            assert f"\n  {key}" in out, (verb, key)

@@ -10,13 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from palu.commands.unlearn import method_config
 from palu.data.labels import IGNORE_INDEX, ORDINARY, SENSITIVE, collate, encode
 from palu.data.prompts import PromptConfig
 from palu.data.qa import QAItem
 from palu.data.synthetic import synthetic_splits
 from palu.errors import PaluError
-from palu.methods import METHODS, get_method
+from palu.methods import METHODS, configure, get_method
 from palu.methods.common import Head
 from palu.methods.ga import GAConfig
 from palu.methods.graddiff import GradDiffConfig
@@ -27,7 +26,6 @@ from palu.methods.rmu import RMUConfig, resolve_layer, rmu_prepare
 from palu.methods.simnpo import SimNPOConfig
 from palu.methods.tpo import TPOConfig
 from palu.methods.wga import WGAConfig
-from palu.models import tiny_llama
 from palu.train.loop import TrainConfig
 from palu.train.reference import reference_hidden
 from palu.train.unlearn import unlearn
@@ -156,9 +154,9 @@ def plain_rmu(cfg, model, ref_model, forget, retain, state):
 
 
 @pytest.fixture(scope="module")
-def setup(bpe_tokenizer, splits):
+def setup(bpe_tokenizer, splits, tiny_model):
     tok = bpe_tokenizer
-    ref_model = tiny_llama(len(tok), hidden=48, layers=2, heads=4, tokenizer=tok, seed=1)
+    ref_model = tiny_model(tok, seed=1, hidden=48, layers=2, heads=4)
     model = copy.deepcopy(ref_model)
     with torch.no_grad():  # the trainable model has drifted from the reference, as after a few steps
         for p in model.parameters():
@@ -276,9 +274,9 @@ TRAIN = {
 
 
 @pytest.mark.parametrize("name", sorted(TRAIN))
-def test_training_steps_run_log_finite_terms_and_move_the_model(bpe_tokenizer, splits, name, tmp_path):
+def test_training_steps_run_log_finite_terms_and_move_the_model(bpe_tokenizer, tiny_model, splits, name, tmp_path):
     tok = bpe_tokenizer
-    model = tiny_llama(len(tok), hidden=32, layers=1, heads=2, tokenizer=tok, seed=0)
+    model = tiny_model(tok)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = TrainConfig(epochs=1, lr=1e-2, batch_size=4, warmup_epochs=0, max_length=MAX_LEN, bf16="false")
     history = unlearn(model, tok, splits.forget[:8], splits.retain[:8], name, TRAIN[name], cfg, PromptConfig(),
@@ -316,14 +314,14 @@ def test_defaults_follow_the_baselines_table():
 
 
 def test_method_options_build_from_plain_values():
-    name, cfg = method_config({"name": "rmu", "trainable": r"layers\.0\.mlp", "layer": 0})
-    assert name == "rmu" and cfg.trainable == [r"layers\.0\.mlp"] and cfg.layer == 0
+    cfg = configure({"name": "rmu", "trainable": r"layers\.0\.mlp", "layer": 0})
+    assert cfg.name == "rmu" and cfg.trainable == [r"layers\.0\.mlp"] and cfg.layer == 0
     with pytest.raises(PaluError, match="retain_loss"):
-        method_config({"name": "npo", "retain_loss": "mse"})
+        configure({"name": "npo", "retain_loss": "mse"})
 
 
-def test_rmu_refuses_a_missing_layer_or_parameter(bpe_tokenizer):
-    model = tiny_llama(len(bpe_tokenizer), hidden=32, layers=2, heads=2, seed=0)
+def test_rmu_refuses_a_missing_layer_or_parameter(bpe_tokenizer, tiny_model):
+    model = tiny_model(vocab_size=len(bpe_tokenizer), layers=2)
     with pytest.raises(PaluError, match="out of range.*2 layers"):
         rmu_prepare(RMUConfig(layer=7), model, [], 0)
     with pytest.raises(PaluError, match="matches no parameter"):
@@ -347,12 +345,12 @@ def test_refusals_are_seeded_and_can_come_from_a_file(splits, tmp_path):
     assert {i.answer for i in from_file} == {"No idea.", "Cannot say."}
 
 
-def test_pdu_multiplier_survives_a_resume(bpe_tokenizer, splits, tmp_path):
+def test_pdu_multiplier_survives_a_resume(bpe_tokenizer, tiny_model, splits, tmp_path):
     """The dual variable is training state: an interrupted run resumes with the value it had."""
     tok = bpe_tokenizer
     cfg = TrainConfig(epochs=3, lr=1e-2, batch_size=4, warmup_epochs=0, max_length=MAX_LEN, bf16="false")
     args = (tok, splits.forget[:8], splits.retain[:8], "pdu", PDUConfig(eps=0.5), cfg, PromptConfig())
-    whole = unlearn(tiny_llama(len(tok), hidden=32, layers=1, heads=2, tokenizer=tok, seed=0), *args,
+    whole = unlearn(tiny_model(tok), *args,
                     tmp_path / "a", progress=False)
 
     def stop(epoch, model):
@@ -360,9 +358,9 @@ def test_pdu_multiplier_survives_a_resume(bpe_tokenizer, splits, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        unlearn(tiny_llama(len(tok), hidden=32, layers=1, heads=2, tokenizer=tok, seed=0), *args, tmp_path / "b",
+        unlearn(tiny_model(tok), *args, tmp_path / "b",
                 on_epoch_end=stop, progress=False)
-    resumed = unlearn(tiny_llama(len(tok), hidden=32, layers=1, heads=2, tokenizer=tok, seed=0), *args,
+    resumed = unlearn(tiny_model(tok), *args,
                       tmp_path / "b", resume=True, progress=False)
     assert whole[-1]["lambda_r"] != PDUConfig().lambda_r
     assert resumed[-1]["lambda_r"] == pytest.approx(whole[-1]["lambda_r"], rel=1e-5)

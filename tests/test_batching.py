@@ -11,7 +11,6 @@ from palu.batching import length_batches, pad, restore_order
 from palu.data.labels import encode
 from palu.data.prompts import PromptConfig
 from palu.data.qa import QAItem
-from palu.models import tiny_llama
 from palu.train.reference import reference_hidden
 
 # lengths with ties (3 four times, 6 and 1 twice) and an empty sequence
@@ -86,8 +85,8 @@ def test_restore_order_fills_skipped_indices():
 
 
 @pytest.fixture(scope="module")
-def tiny(bpe_tokenizer):
-    return bpe_tokenizer, tiny_llama(len(bpe_tokenizer), hidden=32, layers=2, heads=2, tokenizer=bpe_tokenizer).eval()
+def tiny(bpe_tokenizer, tiny_model):
+    return bpe_tokenizer, tiny_model(bpe_tokenizer, layers=2).eval()
 
 
 def test_contrast_logprobs_match_one_request_at_a_time(tiny):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from palu.commands.demo import Config as DemoConfig
 from palu.commands.finetune import Config as FinetuneConfig
 from palu.commands.unlearn import Config as UnlearnConfig
-from palu.commands.unlearn import method_config
 from palu.config import build, dump, load_config, parse_overrides
-from palu.commands.demo import Config as DemoConfig
 from palu.errors import PaluError
+from palu.methods import configure
 from palu.methods.palu import PaluConfig
 
 
@@ -26,24 +26,23 @@ def test_file_then_overrides(tmp_path):
     cfg = load_config(UnlearnConfig, str(path), ["train.epochs=2", "method.first_n=3"])
     assert cfg.model == "some/model" and cfg.train.epochs == 2
     assert isinstance(cfg.train.lr, float) and cfg.train.lr == 1e-5  # YAML reads "1e-5" as text
-    name, mcfg = method_config(cfg.method)
-    assert name == "palu" and mcfg == PaluConfig(top_k=50, first_n=3)
+    assert cfg.method.name == "palu" and cfg.method == PaluConfig(top_k=50, first_n=3)
 
 
 def test_method_shorthand_and_switch_drops_the_files_options(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text("method:\n  name: other\n  beta: 0.1\n")
     cfg = load_config(UnlearnConfig, str(path), ["method=palu"])
-    assert cfg.method == {"name": "palu"}
+    assert cfg.method == PaluConfig()
 
 
 def test_unknown_option_lists_the_valid_ones():
     with pytest.raises(PaluError, match=r"train: unknown option 'lrr'; valid options: epochs, lr"):
         load_config(UnlearnConfig, None, ["train.lrr=1"])
-    with pytest.raises(PaluError, match="unknown method 'nope'; valid methods: palu"):
-        method_config({"name": "nope"})
+    with pytest.raises(PaluError, match="unknown method .nope.; valid methods: palu, ga"):
+        configure({"name": "nope"})
     with pytest.raises(PaluError, match="method: unknown option 'topk'"):
-        method_config({"name": "palu", "topk": 3})
+        configure({"name": "palu", "topk": 3})
 
 
 def test_type_errors_name_the_option():
@@ -79,11 +78,12 @@ def test_validation_of_nested_sections_runs():
 
 def test_partial_sections_keep_their_defaults():
     cfg = load_config(DemoConfig, None, ["method.alpha=3", "unlearn.epochs=7"])
-    assert cfg.method == {"name": "palu", "top_k": 50, "first_n": 3, "alpha": 3}
+    assert cfg.method == PaluConfig(top_k=50, first_n=3, alpha=3)
     assert cfg.unlearn.epochs == 7 and cfg.unlearn.lr == DemoConfig().unlearn.lr
     cfg = load_config(UnlearnConfig, None, ["retain.limit=3"])
     assert cfg.retain.path == "synthetic" and cfg.retain.split == "retain" and cfg.retain.limit == 3
-    assert load_config(DemoConfig, None, ["method=other"]).method == {"name": "other"}
+    with pytest.raises(PaluError, match="unknown method 'other'"):  # typed: refused when the config is read
+        load_config(DemoConfig, None, ["method=other"])
 
 
 def test_paraphrased_questions_replace_the_forget_questions(tmp_path):
@@ -110,5 +110,5 @@ def test_the_example_config_loads():
 
     path = Path(__file__).resolve().parents[1] / "examples" / "tofu_forget05.yaml"
     cfg = load_config(UnlearnConfig, str(path), [])
-    assert method_config(cfg.method) == ("palu", PaluConfig(top_k=50, first_n=3))
+    assert cfg.method == PaluConfig(top_k=50, first_n=3)
     assert cfg.train.grad_accum == 4 and cfg.train.gradient_checkpointing

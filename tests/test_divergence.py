@@ -8,19 +8,15 @@ import os
 
 import pytest
 import torch
+from cli_helpers import one_line_error, unlearn
 from safetensors.torch import load_file
 
-from cli_helpers import one_line_error, unlearn
 from palu.data.labels import collate, encode_all
 from palu.data.prompts import PromptConfig
 from palu.data.synthetic import synthetic_splits
 from palu.errors import PaluError
-from palu.models import tiny_llama
 from palu.train.finetune import nll_step
 from palu.train.loop import CHECKPOINT, EpochData, TrainConfig, train
-
-
-
 
 
 def test_an_exploding_learning_rate_stops_the_run_unfinished(saved_model, tmp_path, capsys):
@@ -38,14 +34,14 @@ def test_a_huge_weight_stops_at_the_first_step_with_nothing_saved(saved_model, t
 
 
 @pytest.fixture()
-def setup(bpe_tokenizer):
+def setup(bpe_tokenizer, tiny_model):
     splits = synthetic_splits(n_authors=3, forget_authors=1, holdout_authors=1, seed=3)
     enc = encode_all(bpe_tokenizer, splits.retain[:8], PromptConfig(), 256)
     data = EpochData(len(enc), lambda i, epoch: enc[i], 0)
     cfg = TrainConfig(epochs=3, lr=1e-3, batch_size=4, warmup_epochs=0, schedule="constant", bf16="false")
 
     def model():
-        return tiny_llama(len(bpe_tokenizer), hidden=32, layers=1, heads=2, tokenizer=bpe_tokenizer, seed=0)
+        return tiny_model(bpe_tokenizer)
 
     return data, lambda rows: collate(rows, bpe_tokenizer.pad_token_id), cfg, model
 

@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from palu.eval.fluency import distinct_2, fluency, gibberish_clean, repetition, words
 from palu.eval.metrics import METRICS
-from palu.models import tiny_llama, train_bpe_tokenizer
+from palu.models import train_bpe_tokenizer
 
 FLUENT = ["The council agreed to build a new library in the town centre next year.",
           "Forecasters expect rain across the north, but the weekend should stay dry.",
@@ -53,11 +53,11 @@ def test_repetitive_text_scores_lower_than_varied_text():
 
 
 @pytest.fixture(scope="module")
-def scorer():
+def scorer(tiny_model):
     """A tiny Llama fitted to the fluent sentences: a stand-in for the retain model."""
     torch.set_num_threads(1)
     tok = train_bpe_tokenizer(FLUENT, vocab_size=300)
-    model = tiny_llama(len(tok), hidden=32, layers=1, heads=2, tokenizer=tok)
+    model = tiny_model(tok)
     ids = [tok(t).input_ids for t in FLUENT]
     width = max(map(len, ids))
     batch = torch.tensor([i + [tok.pad_token_id] * (width - len(i)) for i in ids])

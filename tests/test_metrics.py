@@ -42,7 +42,7 @@ from palu.eval.metrics import (
 from palu.eval.scoring import generate, multi_answer_nll, nll_and_accuracy, score_answers
 from palu.eval.tofu import evaluate_tofu
 from palu.io import read_json, write_json
-from palu.models import tiny_llama, train_bpe_tokenizer
+from palu.models import train_bpe_tokenizer
 
 CORE = ["forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_truth_ratio", "forget_quality", "exact_memorization",
         "retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_truth_ratio"]
@@ -154,14 +154,14 @@ def _retain_items():
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(tiny_model):
     """A tiny Llama briefly fitted to the items, so accuracies and generations are not all trivial."""
     torch.set_num_threads(1)
     items = _items() + _retain_items()
     texts = [PROMPT.template.format(question=it.question) + it.answer for it in items]
     texts += [a for it in items for a in [it.paraphrased_answer or "", *it.perturbed_answers]]
     tok = train_bpe_tokenizer(texts, vocab_size=300)
-    model = tiny_llama(len(tok), hidden=32, layers=1, heads=2, tokenizer=tok)
+    model = tiny_model(tok)
     batch = collate([encode(tok, it, PROMPT, 128) for it in items], tok.pad_token_id)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()

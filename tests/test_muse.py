@@ -11,15 +11,15 @@ from conftest import greedy_loop
 from rouge_score import rouge_scorer
 from sklearn.metrics import roc_auc_score
 
+from palu.commands.muse import Config as MuseConfig
+from palu.commands.muse import run_muse
 from palu.config import build
 from palu.errors import PaluError
 from palu.eval.metrics import METRICS, rouge_l
-from palu.commands.muse import Config as MuseConfig
-from palu.commands.muse import run_muse
 from palu.eval.muse import FILES, MuseData, evaluate_muse, knowmem_prompt, load_muse
 from palu.eval.scoring import generate_text, text_logprobs
 from palu.io import read_json
-from palu.models import tiny_llama, train_bpe_tokenizer
+from palu.models import train_bpe_tokenizer
 
 MUSE_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "muse_news"
 
@@ -35,12 +35,12 @@ TEXTS = ["The council met on Monday.\nIt agreed to build a new library in the to
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(tiny_model):
     """A tiny Llama fitted a little to few-shot QA text, so that its continuations hold newlines."""
     torch.set_num_threads(1)
     shots = [knowmem_prompt(q, ICL) + a + "\n\n" for q, a in QA]
     tok = train_bpe_tokenizer(shots + TEXTS, vocab_size=300)
-    model = tiny_llama(len(tok), hidden=32, layers=1, heads=2, tokenizer=tok)
+    model = tiny_model(tok)
     ids = [tok(t).input_ids for t in shots]
     width = max(map(len, ids))
     batch = torch.tensor([i + [tok.pad_token_id] * (width - len(i)) for i in ids])
@@ -189,7 +189,7 @@ def muse_dir():
     return MUSE_DIR
 
 
-def test_suite_and_runner_on_muse_news(muse_dir, tmp_path):
+def test_suite_and_runner_on_muse_news(muse_dir, tiny_model, tmp_path):
     data = load_muse(str(muse_dir), verbmem_limit=2, knowmem_limit=2, privleak_limit=2)
     assert [len(getattr(data, name)) for name in FILES] == [2, 2, 10, 2, 10, 2, 2]  # few-shot sets stay whole
     assert data.forget_qa[0] == read_json(muse_dir / "knowmem" / "forget_qa.json")[0]
@@ -197,7 +197,7 @@ def test_suite_and_runner_on_muse_news(muse_dir, tmp_path):
 
     texts = [d["prompt"] + d["gt"] for d in data.verbmem] + [d["question"] + " " + d["answer"] for d in data.forget_qa]
     tok = train_bpe_tokenizer(texts, vocab_size=400)
-    model = tiny_llama(len(tok), hidden=32, layers=1, heads=2, tokenizer=tok)
+    model = tiny_model(tok)
     model.save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     cfg = build(MuseConfig, {"model": str(tmp_path / "model"), "path": str(muse_dir),

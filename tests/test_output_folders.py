@@ -11,15 +11,12 @@ import subprocess
 import sys
 
 import pytest
-
 from cli_helpers import TINY_UNLEARN, one_line_error, unlearn
+
 from palu.cli import main
 from palu.errors import PaluError
 from palu.io import write_text
 from palu.runs import MARKER, Reuse, run_folder
-
-
-
 
 
 @pytest.fixture(scope="module")

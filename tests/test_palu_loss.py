@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from palu.data.labels import IGNORE_INDEX, SENSITIVE, ORDINARY, collate, encode
+from palu.data.labels import IGNORE_INDEX, ORDINARY, SENSITIVE, collate, encode
 from palu.data.prompts import PromptConfig
 from palu.data.qa import QAItem, Span
 from palu.errors import PaluError
+from palu.methods import configure
 from palu.methods.common import Head
 from palu.methods.palu import PaluConfig, palu_loss
-from palu.models import tiny_llama
 from palu.train.reference import reference_hidden
 
 FORGET = [
@@ -106,9 +106,9 @@ def official_loss(model, ref_model, forget, retain, cfg: PaluConfig):
 
 
 @pytest.fixture(scope="module")
-def setup(request):
+def setup(request, tiny_model):
     tok = request.getfixturevalue("bpe_tokenizer")
-    ref_model = tiny_llama(len(tok), hidden=48, layers=2, heads=4, tokenizer=tok, seed=1)
+    ref_model = tiny_model(tok, seed=1, hidden=48, layers=2, heads=4)
     model = copy.deepcopy(ref_model)
     with torch.no_grad():  # the trainable model has drifted from the reference, as after a few steps
         for p in model.parameters():
@@ -187,4 +187,4 @@ def test_unchanged_model_has_no_ordinary_or_kl_pressure(setup):
                                          ("top_k", 0), ("first_n", 0)])
 def test_bad_options_are_refused(field, value):
     with pytest.raises(PaluError, match=field):
-        PaluConfig(**{field: value})
+        configure({"name": "palu", field: value})

@@ -11,9 +11,9 @@ from html import escape
 import pytest
 
 from palu.cli import main
+from palu.commands.report import run_report
 from palu.data.synthetic import synthetic_splits
 from palu.errors import PaluError
-from palu.commands.report import run_report
 from palu.report import write_report
 
 TINY = ["synthetic.n_authors=5", "synthetic.forget_authors=1", "synthetic.holdout_authors=1",

@@ -10,10 +10,10 @@ from test_cli import TINY
 
 import palu.commands.sweep
 from palu.cli import main
-from palu.config import load_config
-from palu.errors import PaluError
 from palu.commands.sweep import Config as SweepConfig
 from palu.commands.sweep import collapsed
+from palu.config import load_config
+from palu.errors import PaluError
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 
 from palu.data.qa import QAItem, Span
 from palu.data.synthetic import (
-    ITEMS_PER_AUTHOR,
     _FACTS,
+    ITEMS_PER_AUTHOR,
     _render,
     generate_authors,
     synthetic_splits,

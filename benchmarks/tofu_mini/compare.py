@@ -17,23 +17,24 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+from protocol import EVAL_OPTIONS, Protocol
+
 from palu.annotate import annotate
 from palu.commands.annotate import write_spans
+from palu.commands.attack import Config as AttackConfig
+from palu.commands.attack import relearn_train, run_attack
 from palu.commands.eval import run_eval
 from palu.commands.unlearn import Config as UnlearnConfig
 from palu.commands.unlearn import run_unlearn
-from palu.eval.sets import EvalSets, eval_sets
 from palu.data.loaders import DataSource, load_qa
 from palu.data.prompts import PromptConfig
 from palu.data.sources import SyntheticConfig
-from palu.commands.attack import Config as AttackConfig
-from palu.commands.attack import relearn_train, run_attack
+from palu.eval.sets import EvalSets, eval_sets
 from palu.io import read_json, write_json
+from palu.methods import configure
 from palu.models import load_model, load_tokenizer
 from palu.train.loop import TrainConfig
 from palu.train.selection import BEST_DIR, EpochEvaluator, SelectionRule, best_epoch, epoch_path, share_start
-
-from protocol import EVAL_OPTIONS, Protocol
 
 log = logging.getLogger("tofu_mini")
 LRS = (3e-4, 1e-4, 3e-5, 1e-3, 5e-5, 2e-3, 5e-4, 2e-4, 1e-5, 7e-4, 1.5e-3, 3e-3)  # in the order they are tried
@@ -102,7 +103,7 @@ class Comparison:
         """One unlearning run from the full model, evaluated after every epoch (cached, resumable)."""
         share_start(folder, self.start_record())
         cfg = UnlearnConfig(model=str(self.p.model("full")), forget=forget, retain=self.p.retain_set,
-                            method=dict(method), eval=self.epoch_sets(), select=RULE, output_dir=str(folder),
+                            method=configure(method), eval=self.epoch_sets(), select=RULE, output_dir=str(folder),
                             train=TrainConfig(epochs=self.epochs, lr=lr, batch_size=8, warmup_epochs=1, max_length=256))
         run_unlearn(cfg, resume=True, progress=False)
         return folder

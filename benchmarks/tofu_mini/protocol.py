@@ -31,8 +31,8 @@ from palu.commands.eval import Config as EvalConfig
 from palu.commands.eval import run_eval
 from palu.commands.finetune import Config as FinetuneConfig
 from palu.commands.finetune import run_finetune, scratch_train
-from palu.data.qa import item_texts
 from palu.data.loaders import DataSource, json_rows, load_qa
+from palu.data.qa import item_texts
 from palu.io import read_json, write_json
 from palu.models import train_bpe_tokenizer
 from palu.runs import MODEL_DIR, is_finished

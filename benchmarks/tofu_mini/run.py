@@ -28,8 +28,8 @@ from protocol import Protocol  # noqa: E402
 from search import run_search  # noqa: E402
 from tables import comparison_table, grid_table, peak_cell, search_summary, selected  # noqa: E402
 
-from palu.io import write_json, write_text  # noqa: E402
 from palu.commands.report import run_report  # noqa: E402
+from palu.io import write_json, write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("models", "compare", "grid", "sweep")

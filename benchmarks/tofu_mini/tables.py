@@ -77,5 +77,6 @@ def search_summary(found: dict) -> str:
         f"Sweep trials: {n['run']} run, {n['pruned']} pruned (utility collapsed), {n['kept_floor']} kept the utility "
         "floor (the search's constraint).",
         f"Grid front points matched or beaten by a sweep point: {found['grid_points_matched']} of "
-        f"{len(found['grid_front'])}. Hypervolume above the utility floor: sweep {hv['sweep']:.4g}, grid {hv['grid']:.4g}.",
+        f"{len(found['grid_front'])}. Hypervolume above the utility floor: sweep {hv['sweep']:.4g}, "
+        f"grid {hv['grid']:.4g}.",
         "", "Sweep front:", "", *rows(found["sweep_front"]), "", "Grid front:", "", *rows(found["grid_front"])])

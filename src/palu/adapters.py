@@ -8,8 +8,9 @@ palu caches once before training like for full fine-tuning.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from palu.errors import PaluError
+from palu.config import require
 
 
 @dataclass
@@ -25,20 +26,15 @@ class AdapterConfig:
         save: "merged" saves a plain model with the adapter folded in; "adapter" saves only the adapter.
     """
 
-    name: str = "lora"
+    name: Literal["lora"] = "lora"
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
-    save: str = "merged"
+    save: Literal["merged", "adapter"] = "merged"
 
     def __post_init__(self) -> None:
-        if self.name != "lora":
-            raise PaluError(f"peft.name must be 'lora', not {self.name!r}.")
-        if self.save not in ("merged", "adapter"):
-            raise PaluError(f"peft.save must be 'merged' or 'adapter', not {self.save!r}.")
-        if self.r < 1:
-            raise PaluError("peft.r must be at least 1.")
+        require(self.r >= 1, "r", "at least 1", self.r)
 
 
 def add_adapter(model, cfg: AdapterConfig):

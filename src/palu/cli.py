@@ -36,7 +36,8 @@ def parser() -> argparse.ArgumentParser:
     for verb in VERBS:
         module = command(verb)
         config = getattr(module, "Config", None)
-        c = sub.add_parser(verb, help=module.HELP, description=module.HELP, epilog=options_help(config),
+        rows = [*describe(config), *getattr(module, "more_options", list)()] if config is not None else []
+        c = sub.add_parser(verb, help=module.HELP, description=module.HELP, epilog=options_help(rows),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if config is not None:
             c.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-5")
@@ -60,12 +61,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def options_help(config: type | None) -> str | None:
-    """The options of a verb's config, one line each: dotted key, type, default and meaning."""
-    if config is None:
+def options_help(rows: list[tuple[str, str, str, str]]) -> str | None:
+    """A verb's options, one each: dotted key, type and default, then the meaning."""
+    if not rows:
         return None
     lines = []
-    for key, kind, default, text in describe(config):
+    for key, kind, default, text in rows:
         lines.append(f"  {key}: {kind}" + (f" = {default}" if kind != "section" else ""))
         lines += textwrap.wrap(text, 96, initial_indent=" " * 6, subsequent_indent=" " * 6)
     return "options (key=value, or in --config FILE.yaml):\n" + "\n".join(lines)

@@ -87,18 +87,30 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+class Choice:
+    """A section whose type is chosen by its ``name`` option (``method=npo``: NPO's options). A direct
+    subclass is the section's type: its ``name`` field holds the default choice, and ``choice(name)``
+    returns the dataclass for a name (an unknown name is an error listing the valid ones)."""
+
+    @classmethod
+    def choice(cls, name: str) -> type:
+        raise NotImplementedError
+
+    @classmethod
+    def names(cls) -> list[str]:
+        raise NotImplementedError
+
+
 def build(cls: type, data: dict | None, where: str = "config") -> Any:
-    """Make a ``cls`` dataclass from a plain dict, recursively, with errors that name the option."""
+    """Make a ``cls`` dataclass from a plain dict, recursively, with errors that name the option.
+
+    For a :class:`Choice`, the dataclass built is the one its ``name`` option picks."""
     data = dict(data or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise PaluError(f"{where}: unknown option {unknown[0]!r}; valid options: {', '.join(fields)}.")
+    if _is_choice(cls):
+        cls = _chosen(cls, data, where)
+    kwargs = typed_options(cls, data, where)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        value = _onto_default(fields[name], value)
-        kwargs[name] = _convert(hints[name], value, f"{where}.{name}" if where != "config" else name)
     for name, f in fields.items():  # nested sections not given: their defaults, still validated
         if name not in kwargs and dataclasses.is_dataclass(hints[name]) and f.default_factory is dataclasses.MISSING \
                 and f.default is dataclasses.MISSING:
@@ -109,6 +121,29 @@ def build(cls: type, data: dict | None, where: str = "config") -> Any:
         raise (exc.within(where) if where != "config" else exc) from None
     except TypeError as exc:
         raise PaluError(f"{where}: {exc}".replace("__init__()", cls.__name__)) from None
+
+
+def typed_options(cls: type, data: dict, where: str = "config") -> dict:
+    """``data`` checked against the fields of the ``cls`` dataclass (unknown options, types, allowed
+    values) and converted to their types, without making a ``cls``: what ``build`` passes it, and how
+    options of a class that does work when made (an annotator) are checked up front."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise PaluError(f"{where}: unknown option {unknown[0]!r}; valid options: {', '.join(fields) or 'none'}.")
+    hints = typing.get_type_hints(cls)
+    return {name: _convert(hints[name], _onto_default(fields[name], value),
+                           f"{where}.{name}" if where != "config" else name) for name, value in data.items()}
+
+
+def _is_choice(cls: type) -> bool:
+    """Is ``cls`` a section type whose dataclass its ``name`` picks (not one of the choices)?"""
+    return cls in Choice.__subclasses__()
+
+
+def _chosen(base: type, data: dict, where: str) -> type:
+    name = data.setdefault("name", next(f.default for f in dataclasses.fields(base) if f.name == "name"))
+    return base.choice(str(name))
 
 
 def _onto_default(f: dataclasses.Field, value):
@@ -136,6 +171,10 @@ def _convert(hint, value, where: str):
     if value is None:
         return None
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        if value not in args:
+            raise PaluError(f"{where} must be one of {', '.join(map(str, args))}, not {value!r}.")
+        return value
     if origin in (typing.Union, types.UnionType):
         options = [a for a in args if a is not type(None)]
         return _convert(options[0], value, where) if len(options) == 1 else value
@@ -198,12 +237,22 @@ def describe(cls: type, prefix: str = "", instance=None) -> list[tuple[str, str,
     rows = []
     hints = typing.get_type_hints(cls)
     texts = _attribute_docs(cls)
-    for f in dataclasses.fields(cls):
+    for f in (f for f in dataclasses.fields(cls) if f.init):
         key, hint, text = f"{prefix}{f.name}", hints[f.name], texts.get(f.name, "")
         default = getattr(instance, f.name) if instance is not None else _default(f)
         section = _section_type(hint)
         if section is None:
             rows.append((key, _type_name(hint), _show(default), text))
+        elif _is_choice(section):
+            names = section.names()
+            rows.append((key, "section", "", f"{text} Its name picks one of: {', '.join(names)}."))
+            rows.append((f"{key}.name", "str", _show(default.name), ""))
+            for name in names:
+                chosen = section.choice(name)
+                rows += [(k, kind, shown, f"({key}={name}) {meaning}".strip())
+                         for k, kind, shown, meaning in describe(chosen, f"{key}.", default if name == default.name
+                                                                 else chosen())
+                         if k != f"{key}.name"]
         elif dataclasses.is_dataclass(default):
             rows.append((key, "section", "", text))
             rows += describe(section, f"{key}.", default)
@@ -244,7 +293,12 @@ def _type_name(hint) -> str:
 
 def _show(value) -> str:
     """A default as it would be written in a config file."""
-    return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).strip().removesuffix("...").strip()
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    try:
+        return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).strip().removesuffix("...").strip()
+    except yaml.YAMLError:
+        return repr(value)
 
 
 def _attribute_docs(cls: type) -> dict[str, str]:

@@ -91,7 +91,8 @@ def load_tokenizer(name_or_path: str):
 
 
 def load_model(name_or_path: str, dtype: str = "auto"):
-    """A causal LM from the hub or a folder (a LoRA adapter folder too), in ``dtype`` ("auto", "float32", "bfloat16")."""
+    """A causal LM from the hub or a folder (a LoRA adapter folder too), in ``dtype``
+    ("auto", "float32", "bfloat16")."""
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     remote = _REMOTE_CODE["trust"]
     with _loading("model", name_or_path):

@@ -266,7 +266,9 @@ def config_changes(old: dict, new: dict, ignore: tuple[str, ...] = (), prefix: s
         if name in ignore or key == "output_dir":
             continue
         a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
+        if isinstance(a, dict) and isinstance(b, dict) and a.get("name") != b.get("name"):
+            out.append(f"{name}.name: {a.get('name')!r} -> {b.get('name')!r}")  # another method: its own options
+        elif isinstance(a, dict) and isinstance(b, dict):
             out += config_changes(a, b, ignore, f"{name}.")
         elif a != b:
             out.append(f"{name}: {a!r} -> {b!r}")

@@ -13,8 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
+from palu.config import typed_options
 from palu.data.qa import QAItem, Span
-from palu.errors import PaluError
 from palu.registry import Registry
 
 CHANGE_KINDS = ("moved", "widened", "dropped", "added")
@@ -121,11 +121,7 @@ def annotator_names() -> list[str]:
 def get_annotator(name: str, **options) -> Annotator:
     """The annotator ``name`` built with ``options``; unknown names and options are errors that list the valid ones."""
     cls = ANNOTATORS[name]
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise PaluError(f"annotator {name!r} has no option {unknown[0]!r}; its options: {', '.join(valid) or 'none'}.")
-    return cls(**options)
+    return cls(**typed_options(cls, options, "options"))
 
 
 def annotate(items: list[QAItem], annotator: str = "contrast", **options) -> Annotated:

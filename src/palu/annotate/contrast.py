@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from palu.annotate.base import Annotator, AnnotationReport, register
+from palu.annotate.base import AnnotationReport, Annotator, register
 from palu.annotate.rules import RulesAnnotator
 from palu.annotate.text import STOPWORDS, content_words, merge, trim, word_spans
 from palu.batching import length_batches, pad, restore_order
@@ -140,7 +140,8 @@ class ContrastAnnotator(Annotator):
         answer = item.answer
         words = word_scores(answer, scores)
         asked = content_words(item.question) if self.skip_question_words else set()
-        marked = [word for word, score in words if score >= self.threshold and not self.skipped(word.text(answer), asked)]
+        marked = [word for word, score in words
+                  if score >= self.threshold and not self.skipped(word.text(answer), asked)]
         if self.complete_phrases:
             marked = phrases(answer, [word for word, _ in words], marked)
         if self.with_rules:

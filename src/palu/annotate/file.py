@@ -23,9 +23,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from palu.annotate.base import Annotator, AnnotationReport, Change, item_name, register
+from palu.annotate.base import AnnotationReport, Annotator, Change, item_name, register
 from palu.annotate.text import (
-    enclosing_word, first_free, is_word_char, occurrences, on_boundaries, overlaps, widen_to_words,
+    enclosing_word,
+    first_free,
+    is_word_char,
+    occurrences,
+    on_boundaries,
+    overlaps,
+    widen_to_words,
 )
 from palu.data.loaders import ANNOTATION_SPANS_FIELD, json_rows  # the loaders' reader and its error messages
 from palu.data.qa import QAItem, Span
@@ -77,8 +83,9 @@ class FileAnnotator(Annotator):
     def _rows(self) -> list[tuple[str, dict]]:
         path = Path(self.path).expanduser()
         if not self.path or not path.exists():
-            raise PaluError(f"file annotator: {self.path!r} does not exist; set path to a span file "
-                            "(e.g. ../shared/data/tofu_annotations/forget05_gpt4o.jsonl) or a saved dataset folder.")
+            raise PaluError(f"file annotator: {self.path!r} does not exist; set path to a span file (JSON or "
+                            "JSON Lines rows of question, answer and spans, e.g. annotations/forget05.jsonl) or a "
+                            "saved dataset folder.")
         if path.is_dir():
             return _saved_rows(path, self.split)
         rows = []

@@ -27,7 +27,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from palu.annotate.base import Annotator, AnnotationReport, Change, item_name, register
+from palu.annotate.base import AnnotationReport, Annotator, Change, item_name, register
 from palu.annotate.text import first_free, occurrences, overlaps
 from palu.data.qa import QAItem, Span
 from palu.errors import PaluError

@@ -12,7 +12,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from palu.annotate.base import Annotator, AnnotationReport, register
+from palu.annotate.base import AnnotationReport, Annotator, register
 from palu.annotate.text import STOPWORDS, WORD, in_question, merge, trim
 from palu.data.qa import QAItem, Span
 

@@ -11,11 +11,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from palu.annotate.base import Annotated, get_annotator
+from palu.annotate.base import ANNOTATORS, Annotated, get_annotator
+from palu.config import describe, load_config, typed_options
 from palu.data.loaders import ANNOTATION_SPANS_FIELD, DataSource
 from palu.data.qa import QAItem
 from palu.data.sources import SyntheticConfig, load_items, synthetic
-from palu.config import load_config
 from palu.errors import PaluError
 from palu.io import write_text
 
@@ -43,6 +43,9 @@ class Config:
     output: str = ""
     show: bool = False
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:  # the annotator's options, checked as typed options before any work
+        self.options = typed_options(ANNOTATORS[self.annotator], self.options, "options")
 
 
 def run_annotate(cfg: Config, overwrite: bool = False) -> str:
@@ -104,6 +107,12 @@ def show_spans(items: list[QAItem], color: bool = True) -> str:
         head = f"{item.source}\n" if item.source else ""
         blocks.append(f"{head}Q: {item.question}\nA: {''.join(parts)}")
     return "\n\n".join(blocks)
+
+
+def more_options() -> list[tuple[str, str, str, str]]:
+    """Each annotator's options, for ``palu annotate --help``."""
+    return [(key, kind, default, f"(annotator={name}) {text}".strip())
+            for name in ANNOTATORS.names() for key, kind, default, text in describe(ANNOTATORS[name], "options.")]
 
 
 def arguments(parser) -> None:

@@ -99,11 +99,15 @@ class _Run:
                                 c.max_new_tokens, c.max_length, progress=self.progress)
         return {"forget_indices": indices, "metrics": metrics}
 
+    def load(self):
+        """A fresh copy of the model under attack, and its tokenizer: no attack sees another's changes."""
+        return load_model_and_tokenizer(self.cfg.model, self.cfg.tokenizer)
+
     def unattacked(self) -> dict:
-        return self.score(*load_model_and_tokenizer(self.cfg.model, self.cfg.tokenizer))
+        return self.score(*self.load())
 
     def relearned(self, relearned: list[int]) -> dict:
-        model, tok = load_model_and_tokenizer(self.cfg.model, self.cfg.tokenizer)
+        model, tok = self.load()
         folder = self.out / RELEARN_DIR
         items = [self.sets["forget"][i] for i in relearned]
         history = finetune(model, tok, items, self.cfg.relearn, self.cfg.prompt, folder, progress=self.progress)
@@ -111,7 +115,7 @@ class _Run:
         return {**self.score(model, tok), "relearned_indices": relearned, "history": history}
 
     def quantized(self, bits: int) -> dict:
-        model, tok = load_model_and_tokenizer(self.cfg.model, self.cfg.tokenizer)
+        model, tok = self.load()
         backend = quantize(model, bits)
         return {**self.score(model, tok), "backend": backend}
 
@@ -121,7 +125,8 @@ class _Run:
         if missing:
             log.warning("%d of %d forget items have no paraphrased question; the paraphrase attack skips them "
                         "(listed in results.json).", len(missing), len(self.scored))
-        return {**self.score(*load_model_and_tokenizer(self.cfg.model, self.cfg.tokenizer), indices, paraphrase=True), "without_paraphrased_question": missing}
+        model, tok = self.load()
+        return {**self.score(model, tok, indices, paraphrase=True), "without_paraphrased_question": missing}
 
 
 def run_attack(cfg: Config, overwrite: bool = False, progress: bool = True) -> dict[str, dict]:

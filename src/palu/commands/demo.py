@@ -18,13 +18,15 @@ from palu.commands.finetune import ScratchConfig, run_finetune, scratch_train
 from palu.commands.unlearn import run_unlearn
 from palu.config import load_config
 from palu.data.prompts import PromptConfig
-from palu.data.sources import SyntheticConfig, synthetic
 from palu.data.qa import item_texts
+from palu.data.sources import SyntheticConfig, synthetic
 from palu.data.synthetic import synthetic_splits
-from palu.eval.sets import EvalSets
 from palu.eval.core import format_value
+from palu.eval.sets import EvalSets
 from palu.io import read_json, replacing_dir, write_json
 from palu.methods import METHODS
+from palu.methods.common import MethodOptions
+from palu.methods.palu import PaluConfig
 from palu.models import train_bpe_tokenizer
 from palu.runs import RESULTS, SUMMARY, TOKENIZER_DIR, Reuse, evaluation_dir, run_folder
 from palu.train.loop import TrainConfig
@@ -65,20 +67,19 @@ class Config:
     finetune: TrainConfig = field(default_factory=scratch_train)
     unlearn: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=5e-4, batch_size=8,
                                                                      warmup_epochs=1, max_length=256))
-    method: dict = field(default_factory=lambda: {"name": "palu", "top_k": 50, "first_n": 3, "alpha": 2.0})
+    method: MethodOptions = field(default_factory=lambda: PaluConfig(top_k=50, first_n=3, alpha=2.0))
     peft: AdapterConfig | None = None
     retain_eval_items: int = 100
     max_new_tokens: int = 64
     eval_every_epoch: bool = False
 
 
-def compared_methods(cfg: Config, compare: bool) -> dict[str, dict]:
+def compared_methods(cfg: Config, compare: bool) -> dict[str, MethodOptions]:
     """{row name: method options}: the configured method, and with ``compare`` every registered one
     (the configured options for its own method, the defaults for the others)."""
     if not compare:
-        return {"unlearned": dict(cfg.method)}
-    chosen = cfg.method.get("name", "palu")
-    return {name: dict(cfg.method) if name == chosen else {"name": name} for name in METHODS}
+        return {"unlearned": cfg.method}
+    return {name: cfg.method if name == cfg.method.name else METHODS[name].config() for name in METHODS}
 
 
 def run_demo(cfg: Config, overwrite: bool = False, resume: bool = False, progress: bool = True,
@@ -103,8 +104,8 @@ def _stages(cfg: Config, out: Path, progress: bool, compare: bool) -> dict:
     common = dict(synthetic=cfg.synthetic, prompt=cfg.prompt)
     models = {}
     for name, split in (("retain", "retain"), ("full", "full")):
-        ft = finetune.Config(model="scratch", tokenizer=str(tok_dir), data=[synthetic(split)], output_dir=str(out / name),
-                            scratch=cfg.scratch, train=cfg.finetune, **common)
+        ft = finetune.Config(model="scratch", tokenizer=str(tok_dir), data=[synthetic(split)],
+                             output_dir=str(out / name), scratch=cfg.scratch, train=cfg.finetune, **common)
         models[name] = run_finetune(ft, resume=True, progress=progress)
     reference = str(evaluation_dir(out, "retain") / RESULTS)
     sets = EvalSets(retain=synthetic("retain", cfg.retain_eval_items), holdout=synthetic("holdout"),

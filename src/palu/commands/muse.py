@@ -15,7 +15,8 @@ class Config:
     """``palu eval suite=muse``: the MUSE metrics of a model.
 
     Attributes:
-        path: a folder laid out like ``../shared/data/muse_news``, or a hub id (MUSE-News by default).
+        path: a folder laid out like MUSE-News (knowmem/, verbmem/, privleak/), or a hub id
+            (MUSE-News by default).
         retain_reference: results.json of the retain model's MUSE run; privleak needs it and is
             reported as unavailable without it.
         verbmem_limit, knowmem_limit, privleak_limit: keep the first N items of each set, for quick

@@ -25,6 +25,7 @@ import shutil
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 from palu.commands import unlearn
 from palu.commands.unlearn import run_unlearn
@@ -76,20 +77,18 @@ class Config:
     unlearn: unlearn.Config = field(default_factory=unlearn.Config)
     space: SearchSpace = field(default_factory=SearchSpace)
     trials: int = 30
-    sampler: str = "tpe"
+    sampler: Literal["tpe", "nsga2"] = "tpe"
     seed: int = 0
     prune_below: float = 0.5
     output_dir: str = "runs/sweep"
 
     def __post_init__(self) -> None:
-        if self.sampler not in ("tpe", "nsga2"):
-            raise PaluError(f"sampler must be tpe or nsga2, not {self.sampler!r}.")
         if self.unlearn.eval is None or not self.unlearn.eval.retain_reference:
             raise PaluError("a sweep scores every epoch's forget quality against the retain model: set the evaluation "
                             "sets and the retain model's results (unlearn.eval.forget.path=..., "
                             "unlearn.eval.retain_reference=RETAIN_RESULTS.json from `palu eval` of the retain model).")
         require(self.trials >= 1, "trials", "at least 1", self.trials)
-        if self.unlearn.method.get("name", "palu") != "palu":
+        if self.unlearn.method.name != "palu":
             raise PaluError("the sweep searches PALU's lr, alpha, K and N; set unlearn.method.name=palu.")
 
 
@@ -127,10 +126,9 @@ def _search(cfg: Config, out: Path, progress: bool) -> list[dict]:
 
     def objective(trial) -> tuple[float, float]:
         space = cfg.space
-        method = {**cfg.unlearn.method, "name": "palu",
-                  "alpha": trial.suggest_float("alpha", *space.alpha, log=True),
-                  "top_k": trial.suggest_categorical("top_k", space.top_k),
-                  "first_n": trial.suggest_categorical("first_n", space.first_n)}
+        method = replace(cfg.unlearn.method, alpha=trial.suggest_float("alpha", *space.alpha, log=True),
+                         top_k=trial.suggest_categorical("top_k", space.top_k),
+                         first_n=trial.suggest_categorical("first_n", space.first_n))
         train = replace(cfg.unlearn.train, lr=trial.suggest_float("lr", *space.lr, log=True))
         run = trial_dir(out, trial.number)
         start_trial(run, out / START_EVAL)
@@ -144,7 +142,8 @@ def _search(cfg: Config, out: Path, progress: bool) -> list[dict]:
         finally:
             if not (out / START_EVAL).is_file() and epoch_path(run, 0).is_file():
                 copy_file(epoch_path(run, 0), out / START_EVAL)
-        records = sorted((read_json(p)["summary"] for p in (run / EVAL_DIR).glob("epoch-*.json")), key=lambda r: r["epoch"])
+        records = sorted((read_json(p)["summary"] for p in (run / EVAL_DIR).glob("epoch-*.json")),
+                         key=lambda r: r["epoch"])
         kept = best_epoch(records, rule)
         chosen = kept or records[-1]
         name, floor = utility_floor(records, rule)
@@ -212,7 +211,8 @@ def _prune(records: list[dict], utility: str, fraction: float) -> None:
 
 def pareto_table(front: list[dict]) -> str:
     """The Pareto front as a plain-text table, best forget quality first."""
-    header = f"{'trial':>5}  {'epoch':>5}  {'forget quality':>14}  {'utility':>8}  {'lr':>9}  {'alpha':>6}  {'K':>5}  {'N':>3}"
+    header = (f"{'trial':>5}  {'epoch':>5}  {'forget quality':>14}  {'utility':>8}  {'lr':>9}  {'alpha':>6}  "
+              f"{'K':>5}  {'N':>3}")
     rows = [f"{r['trial']:>5}  {r['epoch']:>5}  {r['forget_quality']:>14.4g}  {r['utility']:>8.4f}  {r['lr']:>9.2e}  "
             f"{r['alpha']:>6.3g}  {r['top_k']:>5}  {r['first_n']:>3}" for r in front]
     return "\n".join([header, *rows])

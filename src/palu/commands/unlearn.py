@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from palu.adapters import AdapterConfig, add_adapter, for_saving
-from palu.config import build, load_config
+from palu.config import load_config
 from palu.data.loaders import DataSource
 from palu.data.prompts import PromptConfig
 from palu.data.sources import SyntheticConfig, load_items, synthetic
 from palu.eval.sets import EvalSets, eval_sets
 from palu.io import read_json
-from palu.methods import get_method
+from palu.methods.common import MethodOptions
+from palu.methods.palu import PaluConfig
 from palu.models import load_model_and_tokenizer, require_model
 from palu.runs import MODEL_DIR, Reuse, finish, is_finished, run_folder
 from palu.train.loop import TrainConfig
@@ -31,7 +32,7 @@ class Config:
 
     Attributes:
         model: the model to unlearn from (hub id or folder); it is also the frozen reference.
-        method: ``name`` plus that method's options (see ``palu.methods``).
+        method: the method (``method=npo``) and its options (``method.beta=0.2``; see ``palu.methods``).
         peft: train a LoRA adapter instead of all weights (``peft=lora``).
         eval: evaluate after every epoch on these sets (and the starting model first); the best
             epoch by ``select`` is saved in ``<output_dir>/best``. None: no evaluation.
@@ -42,7 +43,7 @@ class Config:
     tokenizer: str | None = None
     forget: DataSource = field(default_factory=lambda: synthetic("forget"))
     retain: DataSource = field(default_factory=lambda: synthetic("retain"))
-    method: dict = field(default_factory=lambda: {"name": "palu"})
+    method: MethodOptions = field(default_factory=PaluConfig)
     peft: AdapterConfig | None = None
     eval: EvalSets | None = None
     select: SelectionRule = field(default_factory=SelectionRule)
@@ -52,19 +53,11 @@ class Config:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=1e-5, batch_size=8))
 
 
-def method_config(options: dict):
-    """The typed config of the method named in ``options["name"]``."""
-    options = dict(options)
-    spec = get_method(options.pop("name", "palu"))
-    return spec.name, build(spec.config, options, "method")
-
-
 def run_unlearn(cfg: Config, overwrite: bool = False, resume: bool = False, progress: bool = True,
                 stop=None, allow_config_change: bool = False) -> Path:
     """Unlearn and save; returns the saved model folder. ``stop`` sees the per-epoch evaluations
     (with ``cfg.eval``) and may raise to end the run early."""
     require_model(cfg)
-    name, mcfg = method_config(cfg.method)
     with run_folder(cfg.output_dir, "unlearn", cfg, Reuse(overwrite, resume, allow_config_change)) as out:
         if is_finished(out):
             log.info("%s is already finished", out)
@@ -79,7 +72,7 @@ def run_unlearn(cfg: Config, overwrite: bool = False, resume: bool = False, prog
             evaluator = EpochEvaluator(tok, eval_sets(cfg.eval, cfg.synthetic), cfg.prompt, reference, out,
                                        cfg.select, stop=stop, **cfg.eval.options())
             evaluator.evaluate(0, model)
-        history = unlearn(model, tok, forget, retain, name, mcfg, cfg.train, cfg.prompt, out, resume,
+        history = unlearn(model, tok, forget, retain, cfg.method.name, cfg.method, cfg.train, cfg.prompt, out, resume,
                           on_epoch_end=evaluator, progress=progress)
         if evaluator is not None:
             history = [evaluator.records[0], *history]

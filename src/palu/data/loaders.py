@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from itertools import islice, zip_longest
 from pathlib import Path
 
-from palu.data.qa import QAItem, Span
 from palu.config import require
+from palu.data.qa import QAItem, Span
 from palu.errors import PaluError
 from palu.io import read_text
 
@@ -214,7 +214,8 @@ def _hub_rows(source: DataSource, label: str) -> Iterator[Row]:
         raise PaluError(
             f"{label}: not a local file or folder, so it was loaded as a Hugging Face hub "
             f"dataset, which failed ({type(e).__name__}: {_one_line(e)}). If you are offline you cannot reach the "
-            "Hugging Face hub; download it or point path at a local folder such as ../shared/data/tofu."
+            "Hugging Face hub; download it while online, or point path at a local folder of its files (e.g. a local "
+            "folder of TOFU files such as data/tofu)."
         ) from e
     for i, row in enumerate(dataset):
         yield f"{label}[{i}]", row

@@ -8,6 +8,7 @@ generate after the same prompt, and answer offsets never straddle the prompt bou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from palu.errors import PaluError
 
@@ -25,13 +26,11 @@ class PromptConfig:
         system_prompt: optional system message for chat templates.
     """
 
-    chat_template: str = "auto"
+    chat_template: Literal["auto", "never"] = "auto"
     template: str = DEFAULT_TEMPLATE
     system_prompt: str | None = None
 
     def __post_init__(self) -> None:
-        if self.chat_template not in ("auto", "never"):
-            raise PaluError(f"prompt.chat_template must be 'auto' or 'never', not {self.chat_template!r}.")
         if "{question}" not in self.template:
             raise PaluError("prompt.template must contain the field {question}.")
 

@@ -69,5 +69,6 @@ def item_texts(items: list[QAItem]) -> list[str]:
     """Every text of ``items`` (questions, answers and their variants): what a tokenizer for them is trained on."""
     texts = []
     for it in items:
-        texts += [it.question, it.answer, it.paraphrased_answer or "", it.paraphrased_question or "", *it.perturbed_answers]
+        texts += [it.question, it.answer, it.paraphrased_answer or "", it.paraphrased_question or "",
+                  *it.perturbed_answers]
     return [t for t in texts if t]

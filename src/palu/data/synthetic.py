@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import random
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Callable
 
 from palu.data.qa import QAItem, Span
 from palu.errors import PaluError

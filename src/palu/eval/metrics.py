@@ -1,4 +1,4 @@
-"""Metric definitions and pure functions on numbers (no model), following docs/tofu-metrics.md.
+"""Metric definitions and pure functions on numbers (no model), as docs/metrics.md describes them.
 
 Every metric declares, beside the code that computes it, its direction and how its aggregate is
 formed, because unlearning users keep misreading which way is good; every result has one shape,
@@ -7,7 +7,7 @@ can treat all metrics alike.
 
 open-unlearning (the reference implementation) adds ``OPEN_UNLEARNING_EPS`` to the denominators of
 the truth ratio, its forget aggregate, the normalised probability and privleak. The functions take
-it as ``eps`` (default 0, the formulas of the doc); palu's suites pass it so that their numbers are
+it as ``eps`` (default 0, the plain formulas); palu's suites pass it so that their numbers are
 the reference's to the last digit (without it, on the shipped Llama-2 logs, aggregates differ by up
 to 6e-8 relatively: world-facts answers are unlikely, so 1e-10 weighs on them).
 """

@@ -1,4 +1,4 @@
-"""The MUSE-News suite (Shi et al. 2024) as docs/tofu-metrics.md defines it, batched.
+"""The MUSE-News suite (Shi et al. 2024) as docs/metrics.md describes it, batched.
 
 - ``forget_verbmem_ROUGE`` (VerbMem): the first part of a forget-corpus excerpt as the prompt, a
   greedy continuation (128 new tokens), ROUGE-L F1 against the true continuation.
@@ -71,7 +71,7 @@ FILES = {
 
 def load_muse(path: str = MUSE_NEWS, verbmem_limit: int | None = None, knowmem_limit: int | None = None,
               privleak_limit: int | None = None) -> MuseData:
-    """The MUSE sets from a local folder laid out like ``../shared/data/muse_news`` or a hub id.
+    """The MUSE sets from a local folder laid out like MUSE-News (knowmem/, verbmem/, privleak/) or a hub id.
 
     The limits keep the first N items of VerbMem, of each KnowMem QA set and of each privleak set
     (all when None, none when 0) for quick runs; the few-shot examples are always kept whole.
@@ -87,7 +87,7 @@ def load_muse(path: str = MUSE_NEWS, verbmem_limit: int | None = None, knowmem_l
     elif HUB_ID.match(path):
         read = _hub_reader(path)
     else:
-        raise PaluError(f"{path}: no such folder; point path at a folder laid out like ../shared/data/muse_news "
+        raise PaluError(f"{path}: no such folder; point path at a folder laid out like MUSE-News "
                         f"(knowmem/, verbmem/, privleak/) or at a hub id such as {MUSE_NEWS}.")
     data = {}
     for name, (config, split, keys) in FILES.items():
@@ -119,7 +119,8 @@ def _hub_reader(hub_id: str):
             dataset = datasets.load_dataset(hub_id, config, split=split)
         except Exception as e:  # offline, unknown id, config or split: all mean "use a local copy"
             raise PaluError(f"{where}: loading it from the Hugging Face hub failed ({type(e).__name__}: {e}); "
-                            "offline, point path at a local folder such as ../shared/data/muse_news.") from e
+                            "offline, point path at a local folder laid out like MUSE-News (knowmem/, verbmem/, "
+                            "privleak/).") from e
         return list(dataset), where
 
     return read

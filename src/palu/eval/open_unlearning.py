@@ -7,7 +7,8 @@ Feeding palu's aggregation the stored per-item values, and rescoring the stored 
 rouge_score, must give the stored aggregates: that shows palu's definitions are the community's
 without running a 7B model (tests/test_open_unlearning_parity.py does it on two shipped logs).
 
-Where the reference deviates from docs/tofu-metrics.md, palu follows it (documented where it acts):
+Where the reference deviates from the plain formulas, palu follows it (docs/metrics.md lists these;
+each is documented where it acts):
 the 1e-10 guards in denominators (``metrics.OPEN_UNLEARNING_EPS``), extraction strength of 1/n
 rather than 0 when the last token is missed (``metrics.extraction_strength``), and token metrics
 that skip the answer's last token, the EOS (``scoring.TokenScores``). Two more concern logs only:

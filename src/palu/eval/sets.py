@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from palu.data.loaders import DataSource
 from palu.data.qa import QAItem
@@ -42,12 +43,8 @@ class EvalSets:
     batch_size: int = 16
     max_new_tokens: int = 200
     max_length: int = 512
-    questions: str = "original"
+    questions: Literal["original", "paraphrased"] = "original"
     fluency_model: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.questions not in ("original", "paraphrased"):
-            raise PaluError(f"questions must be 'original' or 'paraphrased', not {self.questions!r}.")
 
     def options(self) -> dict:
         return {"batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens, "max_length": self.max_length}

@@ -1,4 +1,4 @@
-"""The full TOFU suite (docs/tofu-metrics.md) on whichever sets are given, batched.
+"""The full TOFU suite (docs/metrics.md) on whichever sets are given, batched.
 
 - ``forget``: Prob, ROUGE, truth ratio, forget quality, exact memorization, extraction strength.
 - ``retain``, ``real_authors``, ``world_facts``: Prob, ROUGE, truth ratio (the latter two also the

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
+from palu.config import Choice, require
 from palu.data.labels import IGNORE_INDEX
 from palu.data.qa import QAItem
-from palu.config import require
-from palu.errors import PaluError
 from palu.methods.head import Head, head_loss_sum
 from palu.registry import Registry
 
@@ -118,11 +117,33 @@ def retain_loss(model, batch: dict, ref_head: Head | None, kind: str) -> torch.T
     return head_loss_sum(h, Head.of(model), "reverse_kl", ref_h=batch["ref_hidden"], ref_head=ref_head) / len(h)
 
 
-RETAIN_LOSSES = ("nll", "kl")
+
+@dataclass
+class MethodOptions(Choice):
+    """The ``method`` section of a config: ``name`` picks the method (``method=npo``), and the other
+    options are that method's own, typed and checked like every other option.
+
+    Attributes:
+        name: the method (see ``palu.methods``).
+    """
+
+    name: str = "palu"
+
+    @classmethod
+    def choice(cls, name: str) -> type:
+        import palu.methods  # noqa: F401 (its modules register the methods)
+
+        return METHODS[name].config
+
+    @classmethod
+    def names(cls) -> list[str]:
+        import palu.methods  # noqa: F401
+
+        return list(METHODS.names())
 
 
 @dataclass
-class RetainOptions:
+class RetainOptions(MethodOptions):
     """The retain term's kind, shared by every objective that has ``R``.
 
     Attributes:
@@ -130,11 +151,7 @@ class RetainOptions:
             (KL(P_ref || P_theta) on it; the reference hidden states on retain are then precomputed).
     """
 
-    retain_loss: str = "nll"
-
-    def __post_init__(self) -> None:
-        if self.retain_loss not in RETAIN_LOSSES:
-            raise PaluError(f"method.retain_loss must be one of {', '.join(RETAIN_LOSSES)}, not {self.retain_loss!r}.")
+    retain_loss: Literal["nll", "kl"] = "nll"
 
     @property
     def needs_retain_reference(self) -> bool:
@@ -154,7 +171,6 @@ class WeightedOptions(RetainOptions):
     alpha: float = 1.0
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         for name in ("gamma", "alpha"):
             require(getattr(self, name) >= 0, name, "zero or more", getattr(self, name))
 

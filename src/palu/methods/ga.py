@@ -7,12 +7,14 @@ from dataclasses import dataclass
 
 import torch
 
-from palu.methods.common import Head, Method, answer_nll, register
+from palu.methods.common import Head, Method, MethodOptions, answer_nll, register
 
 
 @dataclass
-class GAConfig:
+class GAConfig(MethodOptions):
     """GA has no options: the loss is ``-NLL(forget)`` with no retain term."""
+
+    name: str = "ga"
 
 
 def ga_loss(model, batch: dict, ref_head: Head, cfg: GAConfig) -> dict[str, torch.Tensor]:

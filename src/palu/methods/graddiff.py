@@ -15,6 +15,8 @@ class GradDiffConfig(WeightedOptions):
     """GradDiff's options: ``gamma`` (forget weight, 1), ``alpha`` (retain weight, 1) and
     ``retain_loss`` ("nll" or "kl"), as in open-unlearning."""
 
+    name: str = "graddiff"
+
 
 def graddiff_loss(model, batch: dict, ref_head: Head, cfg: GradDiffConfig) -> dict[str, torch.Tensor]:
     """``gamma * (-NLL(forget)) + alpha * R``."""

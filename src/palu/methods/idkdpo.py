@@ -15,8 +15,16 @@ import torch
 
 from palu.data.loaders import load_lines
 from palu.data.qa import QAItem
-from palu.methods.common import (Head, Method, Setup, WeightedOptions, log_ratio, preference_loss, register,
-                                 weighted_total)
+from palu.methods.common import (
+    Head,
+    Method,
+    Setup,
+    WeightedOptions,
+    log_ratio,
+    preference_loss,
+    register,
+    weighted_total,
+)
 
 REFUSALS = (
     "I don't know.",
@@ -44,6 +52,8 @@ class IdkDPOConfig(WeightedOptions):
             None uses the built-in :data:`REFUSALS`.
         gamma, alpha, retain_loss: see :class:`palu.methods.common.WeightedOptions`.
     """
+
+    name: str = "idkdpo"
 
     beta: float = 0.1
     idk_file: str | None = None

@@ -23,6 +23,8 @@ class NPOConfig(WeightedOptions):
         gamma, alpha, retain_loss: see :class:`palu.methods.common.WeightedOptions`.
     """
 
+    name: str = "npo"
+
     beta: float = 0.1
 
 

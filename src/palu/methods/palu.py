@@ -8,14 +8,22 @@ output matrix and its mean row, never the full logits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from palu.data.labels import ORDINARY, select_prefix
 from palu.config import require
-from palu.errors import PaluError
-from palu.methods.common import (Head, Method, WeightedOptions, answer_positions, final_hidden, mean_or_zero, register,
-                                 retain_loss)
+from palu.data.labels import ORDINARY, select_prefix
+from palu.methods.common import (
+    Head,
+    Method,
+    WeightedOptions,
+    answer_positions,
+    final_hidden,
+    mean_or_zero,
+    register,
+    retain_loss,
+)
 from palu.methods.head import head_loss_sum, ref_argmax
 
 
@@ -39,18 +47,16 @@ class PaluConfig(WeightedOptions):
     gamma, alpha and retain_loss (with their defaults) come from :class:`WeightedOptions`.
     """
 
+    name: str = "palu"
+
     top_k: int = 1
     first_n: int = -1
     split_spans: bool = False
-    target: str = "mean"
-    constraint: str = "kl"
+    target: Literal["mean", "local_mean"] = "mean"
+    constraint: Literal["kl", "reverse_kl", "nll"] = "kl"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        choices = {"target": ("mean", "local_mean"), "constraint": ("kl", "reverse_kl", "nll")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise PaluError(f"method.{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}.")
         for name in ("top_k", "first_n"):
             value = getattr(self, name)
             require(value >= 1 or value == -1, name, "a positive number, or -1 for all", value)

@@ -12,8 +12,17 @@ from dataclasses import dataclass
 
 import torch
 
-from palu.methods.common import (Head, Method, RetainOptions, Setup, at_answers, final_hidden, mean_or_zero, register,
-                                 retain_loss)
+from palu.methods.common import (
+    Head,
+    Method,
+    RetainOptions,
+    Setup,
+    at_answers,
+    final_hidden,
+    mean_or_zero,
+    register,
+    retain_loss,
+)
 
 
 @dataclass
@@ -28,6 +37,8 @@ class PDUConfig(RetainOptions):
             loss you accept (e.g. a little above the original model's).
         retain_loss: see :class:`palu.methods.common.RetainOptions`.
     """
+
+    name: str = "pdu"
 
     lambda_f: float = 1.0
     lambda_r: float = 1.0

@@ -16,13 +16,22 @@ from dataclasses import dataclass, field
 import torch
 
 from palu.errors import PaluError
-from palu.methods.common import Head, Method, Setup, answer_positions, hidden_state, register, sequence_means
+from palu.methods.common import (
+    Head,
+    Method,
+    MethodOptions,
+    Setup,
+    answer_positions,
+    hidden_state,
+    register,
+    sequence_means,
+)
 
 WMDP_LAYER = 7
 
 
 @dataclass
-class RMUConfig:
+class RMUConfig(MethodOptions):
     """RMU's options.
 
     Attributes:
@@ -36,6 +45,8 @@ class RMUConfig:
             trained, the rest are frozen for the run. ["all"] trains everything. The WMDP setting
             is ``['layers\\.(5|6|7)\\.mlp\\.down_proj\\.weight']``.
     """
+
+    name: str = "rmu"
 
     layer: int | None = None
     steering_coeff: float = 20.0

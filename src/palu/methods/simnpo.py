@@ -7,8 +7,18 @@ from dataclasses import dataclass
 
 import torch
 
-from palu.methods.common import (Head, Method, WeightedOptions, answer_lengths, at_answers, final_hidden,
-                                 preference_loss, register, sequence_logprob, weighted_total)
+from palu.methods.common import (
+    Head,
+    Method,
+    WeightedOptions,
+    answer_lengths,
+    at_answers,
+    final_hidden,
+    preference_loss,
+    register,
+    sequence_logprob,
+    weighted_total,
+)
 
 
 @dataclass
@@ -21,6 +31,8 @@ class SimNPOConfig(WeightedOptions):
         gamma: weight of the forget term (0.125 here, not 1).
         alpha, retain_loss: see :class:`palu.methods.common.WeightedOptions`.
     """
+
+    name: str = "simnpo"
 
     gamma: float = 0.125
     beta: float = 4.5

@@ -14,8 +14,19 @@ from dataclasses import dataclass
 import torch
 
 from palu.data.labels import ORDINARY, SENSITIVE
-from palu.methods.common import (Head, Method, RetainOptions, answer_positions, final_hidden, mean_or_zero,
-                                 preference_loss, register, retain_loss, sequence_sums, token_nll)
+from palu.methods.common import (
+    Head,
+    Method,
+    RetainOptions,
+    answer_positions,
+    final_hidden,
+    mean_or_zero,
+    preference_loss,
+    register,
+    retain_loss,
+    sequence_sums,
+    token_nll,
+)
 
 
 @dataclass
@@ -26,6 +37,8 @@ class TPOConfig(RetainOptions):
         beta: inverse temperature of the logit preference loss (the paper tuned 0.19..0.32).
         retain_loss: see :class:`palu.methods.common.RetainOptions`.
     """
+
+    name: str = "tpo"
 
     beta: float = 0.25
 

@@ -11,8 +11,17 @@ from dataclasses import dataclass
 
 import torch
 
-from palu.methods.common import (Head, Method, WeightedOptions, at_answers, final_hidden, mean_or_zero, register,
-                                 token_nll, weighted_total)
+from palu.methods.common import (
+    Head,
+    Method,
+    WeightedOptions,
+    at_answers,
+    final_hidden,
+    mean_or_zero,
+    register,
+    token_nll,
+    weighted_total,
+)
 
 
 @dataclass
@@ -23,6 +32,8 @@ class WGAConfig(WeightedOptions):
         beta: power of the token probability in the weight (0 gives plain GA).
         gamma, alpha, retain_loss: see :class:`palu.methods.common.WeightedOptions`.
     """
+
+    name: str = "wga"
 
     beta: float = 1.0
 

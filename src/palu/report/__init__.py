@@ -13,6 +13,7 @@ from palu.io import write_text
 from palu.report.discover import discover, forget_items
 from palu.report.render import MARK, html_page, markdown
 
+
 def write_report(run_dirs: list[Path], out: Path, overwrite: bool = False) -> tuple[Path, Path]:
     """Write the HTML report to ``out`` and its summary table beside it (``.md``); returns both paths.
 

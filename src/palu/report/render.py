@@ -132,7 +132,8 @@ def _history_keys(history: list[dict]) -> tuple[list[str], list[str]]:
                               if k not in NOT_PLOTTED and number(v) is not None))
     terms = [k for k in keys if k not in METRICS]
     terms.sort(key=lambda k: k != "loss")  # the total first
-    return terms, [m for m in dict.fromkeys((*TRACKED, *METRICS)) if m in keys]
+    metrics = [m for m in keys if m in METRICS]  # in the order the evaluation reports them: split by split
+    return terms, [*(m for m in TRACKED if m in metrics), *(m for m in metrics if m not in TRACKED)]
 
 
 def _metric_chart(title: str, series: list, metric: str) -> str:

@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from accelerate import Accelerator
@@ -22,7 +23,6 @@ from transformers import get_scheduler
 
 from palu.config import require
 from palu.errors import PaluError
-from palu.distributed import process_state  # noqa: F401 (the loop and its callers share one setup)
 from palu.io import read_json, write_json
 from palu.runs import CHECKPOINT, CHECKPOINT_STATE
 
@@ -54,7 +54,7 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     warmup_epochs: float = 1.0
-    schedule: str = "linear"
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     max_length: int = 512
@@ -63,8 +63,6 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("linear", "cosine", "constant"):
-            raise PaluError(f"train.schedule must be linear, cosine or constant, not {self.schedule!r}.")
         if str(self.bf16).lower() not in ("auto", "true", "false"):
             raise PaluError(f"train.bf16 must be auto, true or false, not {self.bf16!r}.")
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -154,8 +152,8 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
     for epoch in range(first, cfg.epochs):
         data.use_epoch(epoch)
         sums: dict[str, float] = defaultdict(float)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and accelerator.is_main_process),
-                   leave=False)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not (progress and accelerator.is_main_process))
         for index, batch in enumerate(bar, 1):
             with accelerator.accumulate(model):
                 losses = step(model, batch)

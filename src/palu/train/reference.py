@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 
 from palu.batching import length_batches, restore_order
 from palu.data.labels import Encoded, collate
+from palu.distributed import process_state
 from palu.methods.common import answer_positions, hidden_state
-from palu.train.loop import process_state
 
 
 @torch.no_grad()

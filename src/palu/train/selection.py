@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from palu.data.prompts import PromptConfig
-from palu.eval.metrics import get_metric
 from palu.eval.core import summary
+from palu.eval.metrics import get_metric
 from palu.eval.tofu import evaluate_tofu
 from palu.io import copy_file, read_json, write_json
 from palu.runs import BEST_DIR, BEST_RECORD, EVAL_DIR, epoch_path, save_model

@@ -69,7 +69,8 @@ def unlearn(model, tokenizer, forget: list[QAItem], retain: list[QAItem], method
     shared = shared_items(forget, retain)
     if shared:
         log.warning("%d of %d forget items are also in the retain set (first: %s); unlearning pulls them both ways: "
-                    "check the forget and retain splits.", len(shared), len(forget), shared[0].source or shared[0].question)
+                    "check the forget and retain splits.", len(shared), len(forget),
+                    shared[0].source or shared[0].question)
     spec = get_method(method)
     unmarked = [item.source for item in forget if not item.spans]
     if unmarked and spec.uses_spans:
