@@ -47,7 +47,8 @@ SWEEP = ["sweep", "unlearn.model=x", "unlearn.eval.retain_reference=r.json"]
      "unlearn.eval.retain_reference"),
     (["sweep", "unlearn.model=x"], "unlearn.eval.retain_reference"),
     (["eval", "model=x", "questions=shuffled"], "questions must be one of original, paraphrased, not 'shuffled'"),
-    (["attack", "model=x", "attacks=[fly]"], "unknown attack 'fly'"),
+    (["attack", "model=x", "attacks=[fly]"], "attacks[0] must be one of relearn, quantize, paraphrase, not 'fly'"),
+    (["attack", "model=x", "relearn_items=0"], "relearn_items must be at least 1"),
     (["annotate", "annotator=psychic"], "psychic"),
 ])
 def test_bad_option_is_one_line(args, words, tmp_path, capsys):

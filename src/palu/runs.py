@@ -39,7 +39,7 @@ from palu.config import dump, to_dict
 from palu.distributed import process_state
 from palu.errors import PaluError, os_error
 from palu.eval.core import summary
-from palu.io import parent_ready, read_text, replacing_dir, write_json, write_text
+from palu.io import parent_ready, read_json, read_text, replacing_dir, write_json, write_text
 
 MARKER = ".palu"
 LOCK = ".palu.lock"
@@ -67,6 +67,12 @@ REPORT = "report.html"
 def epoch_path(run: str | Path, epoch: int) -> Path:
     """Where a run keeps its evaluation after ``epoch`` (epoch 0: the starting model)."""
     return Path(run) / EVAL_DIR / f"epoch-{epoch}.json"
+
+
+def epoch_records(run: str | Path) -> list[dict]:
+    """The per-epoch evaluation summaries a run has written, in epoch order."""
+    paths = Path(run, EVAL_DIR).glob("epoch-*.json")
+    return sorted((read_json(p)["summary"] for p in paths), key=lambda record: record["epoch"])
 
 
 def evaluation_dir(parent: str | Path, model: str) -> Path:

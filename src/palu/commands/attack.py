@@ -7,9 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 from palu.commands import eval as eval_command
-from palu.config import load_config
+from palu.config import load_config, require
 from palu.data.qa import QAItem
 from palu.errors import PaluError
 from palu.eval.attacks import ATTACKS, BITS, quantize, relearn_indices, restrict_reference
@@ -57,21 +58,15 @@ class Config(eval_command.Config):
     """
 
     output_dir: str = "runs/attack"
-    attacks: list[str] = field(default_factory=lambda: list(ATTACKS))
+    attacks: list[Literal["relearn", "quantize", "paraphrase"]] = field(default_factory=lambda: list(ATTACKS))
     relearn_items: int | None = None
     relearn: TrainConfig = field(default_factory=relearn_train)
-    quantize_bits: list[int] = field(default_factory=lambda: list(BITS))
+    quantize_bits: list[Literal[8, 4]] = field(default_factory=lambda: list(BITS))
 
     def __post_init__(self) -> None:
-        for name in self.attacks:
-            if name not in ATTACKS:
-                raise PaluError(f"unknown attack {name!r}; valid attacks: {', '.join(ATTACKS)}.")
-        for bits in self.quantize_bits:
-            if bits not in BITS:
-                raise PaluError(f"quantize_bits: {bits} bits is not supported; use 8 or 4.")
-        if self.relearn_items is not None and self.relearn_items < 1:
-            raise PaluError(f"relearn_items must be at least 1 (or None for 10% of the forget set), "
-                            f"not {self.relearn_items}.")
+        if self.relearn_items is not None:
+            require(self.relearn_items >= 1, "relearn_items", "at least 1 (or null for 10% of the forget set)",
+                    self.relearn_items)
 
 
 @dataclass

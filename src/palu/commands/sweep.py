@@ -31,8 +31,8 @@ from palu.commands import unlearn
 from palu.commands.unlearn import run_unlearn
 from palu.config import load_config, require
 from palu.errors import PaluError
-from palu.io import copy_file, read_json, write_json
-from palu.runs import EVAL_DIR, FRONT, START_EVAL, STUDY, Reuse, epoch_path, new_run, run_folder, trial_dir
+from palu.io import copy_file, write_json
+from palu.runs import FRONT, START_EVAL, STUDY, Reuse, epoch_path, epoch_records, new_run, run_folder, trial_dir
 from palu.train.selection import UTILITY_FALLBACK, best_epoch, share_start, utility_floor
 
 HELP = "search PALU's lr, alpha, K and N for the forget-quality / utility Pareto front (Optuna)"
@@ -142,8 +142,7 @@ def _search(cfg: Config, out: Path, progress: bool) -> list[dict]:
         finally:
             if not (out / START_EVAL).is_file() and epoch_path(run, 0).is_file():
                 copy_file(epoch_path(run, 0), out / START_EVAL)
-        records = sorted((read_json(p)["summary"] for p in (run / EVAL_DIR).glob("epoch-*.json")),
-                         key=lambda r: r["epoch"])
+        records = epoch_records(run)
         kept = best_epoch(records, rule)
         chosen = kept or records[-1]
         name, floor = utility_floor(records, rule)

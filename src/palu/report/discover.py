@@ -8,7 +8,7 @@ Three kinds of folder are understood, so that ``palu report`` works on whatever 
   folder with an evaluation too, becomes the "before" model;
 - a folder of evaluations ``eval-<name>/`` (``palu demo``'s output): one run per evaluation, with the
   run folder ``<name>`` beside it when there is one; ``full`` is the before model, ``retain`` the
-  reference.
+  retain model (the one forget quality compares with).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from palu.errors import PaluError
 from palu.io import read_json
 from palu.runs import CHECKPOINT, CONFIG, DONE, EVAL_PREFIX, HISTORY, MODEL_DIR, RESULTS, SUMMARY, evaluation_dir
 
-BEFORE, REFERENCE, UNLEARNED = "before", "reference", "unlearned"
-ROLE_NAMES = {"full": BEFORE, "retain": REFERENCE}
+BEFORE, RETAIN, UNLEARNED = "before", "retain", "unlearned"
+ROLE_NAMES = {"full": BEFORE, "retain": RETAIN}
 GENERATIONS = "forget_Q_A_ROUGE"  # the per-item result whose generations the report shows
 
 
@@ -45,7 +45,7 @@ class Run:
 
 
 def discover(paths: list[str | Path]) -> list[Run]:
-    """The runs behind ``paths``: before models first, then the reference, then the unlearned runs."""
+    """The runs behind ``paths``: before models first, then the retain model, then the unlearned runs."""
     if not paths:
         raise PaluError("name at least one run, evaluation or demo folder to report on.")
     runs: list[Run] = []
@@ -59,7 +59,7 @@ def discover(paths: list[str | Path]) -> list[Run]:
     _unique_names(runs)
     for run in runs:
         _load(run)
-    rank = {BEFORE: 0, REFERENCE: 1, UNLEARNED: 2}
+    rank = {BEFORE: 0, RETAIN: 1, UNLEARNED: 2}
     return sorted(runs, key=lambda r: rank[r.role])
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from palu.data.qa import QAItem, Span
 from palu.eval.metrics import METRICS
-from palu.report.discover import BEFORE, REFERENCE, UNLEARNED, Run
+from palu.report.discover import BEFORE, RETAIN, UNLEARNED, Run
 from palu.report.svg import line_chart, scatter
 
 HEADLINE = ("forget_quality", "model_utility", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_truth_ratio",
@@ -19,7 +19,7 @@ LEGEND = "↑ higher is better, ↓ lower is better, ↕ best in between (see th
 ROUGE = "forget_Q_A_ROUGE"
 TRACKED = ("forget_quality", "model_utility")  # the trade-off: first in the charts, compared across runs
 NOT_PLOTTED = ("epoch", "lr")
-ROLE_COLORS = {BEFORE: "#e15759", REFERENCE: "#59a14f", UNLEARNED: "#4e79a7"}
+ROLE_COLORS = {BEFORE: "#e15759", RETAIN: "#59a14f", UNLEARNED: "#4e79a7"}
 OPEN_QUESTIONS = 3  # generations shown unfolded; the rest are one click away
 
 CSS = """
@@ -99,7 +99,7 @@ def _summary_section(runs: list[Run]) -> str:
     glossary = "".join(f"<li><b>{escape(m)}</b> {arrow(m)}: {escape(METRICS[m].description)}</li>"
                        for m in every if m in METRICS)
     return (f"<h2>Summary</h2>{_table(runs, headline_columns(runs))}<p class=\"muted\">{LEGEND}. The before model "
-            "is the one unlearning started from; the reference was never trained on the forget set.</p>"
+            "is the one unlearning started from; the retain model was never trained on the forget set.</p>"
             f"<details><summary>all metrics</summary>{_table(runs, every)}<ul>{glossary}</ul></details>")
 
 

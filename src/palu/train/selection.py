@@ -10,7 +10,6 @@ The best epoch's model is saved in ``<run>/best/`` beside the last one, with ``b
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ from palu.data.prompts import PromptConfig
 from palu.eval.core import summary
 from palu.eval.metrics import get_metric
 from palu.eval.tofu import evaluate_tofu
-from palu.io import copy_file, read_json, write_json
-from palu.runs import BEST_DIR, BEST_RECORD, EVAL_DIR, epoch_path, save_model
+from palu.io import copy_file, write_json
+from palu.runs import BEST_DIR, BEST_RECORD, epoch_path, epoch_records, save_model
 
 log = logging.getLogger(__name__)
 UTILITY_FALLBACK = "retain_Q_A_Prob"
@@ -81,8 +80,7 @@ class EpochEvaluator:
                  **eval_options):
         self.tokenizer, self.sets, self.prompt, self.reference, self.stop = tokenizer, sets, prompt, reference, stop
         self.run, self.rule, self.progress, self.options = Path(run), rule, progress, eval_options
-        self.records = [read_json(p)["summary"] for p in sorted((self.run / EVAL_DIR).glob("epoch-*.json"),
-                                                                 key=lambda p: int(re.findall(r"\d+", p.stem)[0]))]
+        self.records = epoch_records(self.run)
 
     def evaluate(self, epoch: int, model) -> dict:
         done = next((r for r in self.records if r["epoch"] == epoch), None)
