@@ -15,6 +15,7 @@ from typing import ClassVar, NamedTuple
 
 from palu.config import typed_options
 from palu.data.qa import QAItem, Span
+from palu.errors import PaluError
 from palu.registry import Registry
 
 CHANGE_KINDS = ("moved", "widened", "dropped", "added")
@@ -78,13 +79,18 @@ def item_name(item: QAItem, index: int) -> str:
 
 
 class Annotator(ABC):
-    """Finds sensitive spans. Subclasses are dataclasses whose fields are the annotator's options."""
+    """Finds sensitive spans. Subclasses are dataclasses whose fields are the annotator's options;
+    ``documents``: it also marks documents (items without a question)."""
 
     name: ClassVar[str]
+    documents: ClassVar[bool] = False
 
     def annotate(self, items: list[QAItem]) -> Annotated:
         """Copies of ``items`` with the spans found; the inputs are not changed."""
         report = AnnotationReport(self.name, len(items))
+        if not self.documents and any(item.is_document for item in items):
+            raise PaluError(f"the {self.name} annotator works on question/answer pairs, not documents; annotate "
+                            "documents with annotator=rules or annotator=llm.")
         found = self.find_spans(items, report)
         out = []
         for i, (item, spans) in enumerate(zip(items, found, strict=True)):

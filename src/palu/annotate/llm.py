@@ -26,6 +26,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from palu.annotate.base import AnnotationReport, Annotator, Change, item_name, register
 from palu.annotate.text import first_free, occurrences, overlaps
@@ -65,6 +66,8 @@ class LLMAnnotator(Annotator):
         timeout: seconds to wait for one reply.
         temperature: sampling temperature (0 for repeatable spans).
     """
+
+    documents: ClassVar[bool] = True
 
     base_url: str | None = None
     model: str | None = None
@@ -135,7 +138,8 @@ class LLMAnnotator(Annotator):
 
     def messages(self, item: QAItem) -> list[dict]:
         return [{"role": "system", "content": INSTRUCTION},
-                {"role": "user", "content": f"Question: {item.question}\nAnswer: {item.answer}"}]
+                {"role": "user", "content": f"Text: {item.answer}" if item.is_document else
+                 f"Question: {item.question}\nAnswer: {item.answer}"}]
 
     def phrases(self, item: QAItem) -> list[str]:
         """The phrases the model marks in ``item``'s answer, from the cache when it holds the reply."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 from palu.annotate.base import AnnotationReport, Annotator, register
 from palu.annotate.text import STOPWORDS, WORD, in_question, merge, trim
@@ -53,6 +54,8 @@ class RulesAnnotator(Annotator):
             author's name unless the question asks for it.
     """
 
+    documents: ClassVar[bool] = True
+
     proper_nouns: bool = True
     numbers: bool = True
     titles: bool = True
@@ -63,7 +66,7 @@ class RulesAnnotator(Annotator):
         self._nlp = _load_spacy(self.spacy_model) if self.spacy_model else None
 
     def find_spans(self, items: list[QAItem], report: AnnotationReport) -> list[list[Span] | None]:
-        return [self.spans(item.answer, item.question) for item in items]
+        return [self.spans(item.answer, item.question or "") for item in items]  # a document has no question
 
     def spans(self, answer: str, question: str = "") -> list[Span]:
         """The rule spans of one answer (``question`` only serves ``skip_question_words``)."""

@@ -75,8 +75,9 @@ def run_annotate(cfg: Config, overwrite: bool = False) -> str:
 
 def to_row(item: QAItem) -> dict:
     """One output row: the loader's default field names, spans as ``target_words``."""
-    row = {"question": item.question, "answer": item.answer,
-           ANNOTATION_SPANS_FIELD: [{"word": s.text(item.answer), "start": s.start, "end": s.end} for s in item.spans]}
+    if item.is_document:  # what `kind: text` reads back
+        return {"text": item.answer, ANNOTATION_SPANS_FIELD: span_rows(item)}
+    row = {"question": item.question, "answer": item.answer, ANNOTATION_SPANS_FIELD: span_rows(item)}
     if item.paraphrased_answer:
         row["paraphrased_answer"] = item.paraphrased_answer
     if item.perturbed_answers:
@@ -84,6 +85,10 @@ def to_row(item: QAItem) -> dict:
     if item.paraphrased_question:
         row["paraphrased_question"] = item.paraphrased_question
     return row
+
+
+def span_rows(item: QAItem) -> list[dict]:
+    return [{"word": s.text(item.answer), "start": s.start, "end": s.end} for s in item.spans]
 
 
 def write_spans(path: str | Path, items: list[QAItem]) -> Path:
@@ -105,7 +110,8 @@ def show_spans(items: list[QAItem], color: bool = True) -> str:
             pos = span.end
         parts.append(answer[pos:])
         head = f"{item.source}\n" if item.source else ""
-        blocks.append(f"{head}Q: {item.question}\nA: {''.join(parts)}")
+        text = "".join(parts)
+        blocks.append(f"{head}{text}" if item.is_document else f"{head}Q: {item.question}\nA: {text}")
     return "\n\n".join(blocks)
 
 

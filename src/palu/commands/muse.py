@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from palu.eval.muse import MUSE_NEWS, evaluate_muse, load_muse
 from palu.io import read_json
@@ -21,7 +22,10 @@ class Config:
             reported as unavailable without it.
         verbmem_limit, knowmem_limit, privleak_limit: keep the first N items of each set, for quick
             runs (0 skips the set's metrics).
-        max_length: cut privleak texts to this many tokens (None: whole texts).
+        max_length: cut privleak texts to this many tokens (None: as the rules do).
+        rules: whose scoring to follow: "muse" (MUSE's released code, the default) or
+            "open-unlearning" (stemmed ROUGE, whole VerbMem reference, stripped texts, privleak
+            texts cut to 2,048 tokens); see docs/metrics.md. ROUGE is reported 0-1 under both.
     """
 
     model: str = ""
@@ -34,6 +38,7 @@ class Config:
     knowmem_limit: int | None = None
     privleak_limit: int | None = None
     max_length: int | None = None
+    rules: Literal["muse", "open-unlearning"] = "muse"
 
 
 def run_muse(cfg: Config, overwrite: bool = False, progress: bool = True) -> dict[str, dict]:
@@ -46,5 +51,6 @@ def run_muse(cfg: Config, overwrite: bool = False, progress: bool = True) -> dic
         reference = read_json(cfg.retain_reference) if cfg.retain_reference else None
         data = load_muse(cfg.path, cfg.verbmem_limit, cfg.knowmem_limit, cfg.privleak_limit)
         model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.tokenizer)
-        results = evaluate_muse(model, tokenizer, data, reference, cfg.batch_size, cfg.max_length, progress)
+        results = evaluate_muse(model, tokenizer, data, reference, cfg.batch_size, cfg.max_length, progress,
+                               cfg.rules)
         return write_results(out, results)

@@ -117,8 +117,38 @@ def select_prefix(token_class: torch.Tensor, span_id: torch.Tensor, first_n: int
     return sensitive & (pos - run_start < first_n)
 
 
+def encode_document(tokenizer, item: QAItem, max_length: int) -> list[Encoded]:
+    """A document as consecutive windows of its own tokens, each an example of at most ``max_length``.
+
+    A window starts with the tokenizer's special prefix (BOS, for Llama tokenizers) and has no
+    prompt: every document token is trained on. Windows never cross documents and do not overlap
+    (MUSE trains on fixed-length blocks the same way); the last one ends with EOS. They follow the
+    whole document's tokenisation, so a character span marks the same tokens in whichever window
+    holds them; a span cut by a window boundary starts a new sensitive run in the next window.
+    """
+    head = tokenizer("", add_special_tokens=True)["input_ids"]
+    ids, offsets = answer_ids_and_offsets(tokenizer, item.answer)
+    spans = token_spans(offsets, item.spans)
+    ids, spans = ids + [tokenizer.eos_token_id], spans + [-1]
+    room = max_length - len(head)
+    if room < 2:
+        raise PaluError(f"max_length={max_length} leaves no room for a document window; raise it.")
+    windows = []
+    for start in range(0, len(ids), room):
+        chunk, chunk_spans = ids[start:start + room], spans[start:start + room]
+        windows.append(Encoded(input_ids=head + chunk, labels=[IGNORE_INDEX] * len(head) + chunk,
+                               token_class=[PROMPT] * len(head) + [SENSITIVE if s >= 0 else ORDINARY
+                                                                   for s in chunk_spans],
+                               span_id=[-1] * len(head) + chunk_spans))
+    return windows
+
+
 def encode_all(tokenizer, items: list[QAItem], prompt: PromptConfig, max_length: int) -> list[Encoded]:
-    """Encode many items; cutting over-long answers is reported once, with a count."""
+    """Encode many items, a document as its windows (so there may be more examples than items);
+    cutting over-long answers is reported once, with a count."""
+    if any(item.is_document for item in items):
+        return [e for item in items for e in (encode_document(tokenizer, item, max_length) if item.is_document
+                                              else [encode(tokenizer, item, prompt, max_length)])]
     encoded = [encode(tokenizer, item, prompt, max_length) for item in items]
     cut = [item.source for item, e in zip(items, encoded) if e.truncated]
     if cut:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice, zip_longest
 from pathlib import Path
+from typing import Literal
 
 from palu.config import require
 from palu.data.qa import QAItem, Span
@@ -30,14 +31,22 @@ Row = tuple[str, object]  # (where it came from, the raw row)
 
 @dataclass
 class DataSource:
-    """Where QA items come from and which fields hold what; the defaults are TOFU's field names.
+    """Where QA items (or documents) come from and which fields hold what; the defaults are TOFU's
+    field names.
 
     Attributes:
         path: a hub dataset id ("locuslab/TOFU"), a local folder of TOFU-format files, or one
-            .json/.jsonl/.csv/.parquet file. A path that does not exist locally and looks like
-            ``owner/name`` is read as a hub id.
-        split: with a hub id, the config name; with a folder, the file stem ("forget05",
-            "retain_perturbed", "forget05_perturbed"). Ignored for a single file.
+            .json/.jsonl/.csv/.parquet file; for documents also a .txt file or a folder of them.
+            A path that does not exist locally and looks like ``owner/name`` is read as a hub id.
+        split: with a hub id, the config name (or, with ``subset``, the split); with a folder, the
+            file stem ("forget05", "retain_perturbed", "forget05_perturbed"). Ignored for a single file.
+        kind: "qa" (question/answer pairs) or "text" (documents: every token is a training token;
+            see ``palu.data.documents``).
+        text_field: with kind text, the field holding a document's text.
+        separator: with kind text, a line that separates documents in a .txt file (None: the
+            whole file is one document).
+        subset: a hub dataset's config when ``split`` names its split (MUSE: ``subset: raw,
+            split: forget``).
         question_field: the field holding the question.
         answer_field: the field holding the answer (the text that spans index into).
         paraphrased_answer_field: optional; a paraphrase of the answer (TOFU truth ratio).
@@ -58,6 +67,10 @@ class DataSource:
     paraphrased_question_field: str = "paraphrased_question"
     spans_field: str = "spans"
     limit: int | None = None
+    kind: Literal["qa", "text"] = "qa"
+    text_field: str = "text"
+    separator: str | None = None
+    subset: str | None = None
 
     def __post_init__(self) -> None:
         if self.limit is not None:
@@ -65,15 +78,18 @@ class DataSource:
 
 
 def load_qa(source: DataSource) -> list[QAItem]:
-    """Load and validate the QA items ``source`` points at.
+    """Load and validate the QA items (or, with ``kind: text``, the documents) ``source`` points at.
 
     Each item's ``source`` is ``file:line`` for JSON Lines, ``file:row`` (1-based) for JSON
-    arrays, CSV and Parquet, and ``hub_id/split[index]`` (0-based) for hub rows.
+    arrays, CSV and Parquet, ``file:document N`` for .txt files, and ``hub_id/split[index]``
+    (0-based) for hub rows.
     """
     rows, label = _rows(source)
-    items = [_to_item(row, where, source) for where, row in islice(rows, source.limit)]
+    convert = _to_document if source.kind == "text" else _to_item
+    items = [convert(row, where, source) for where, row in islice(rows, source.limit)]
     if not items and source.limit != 0:
-        raise PaluError(f"{label}: no QA rows found; point path (and split) at a file that holds some.")
+        what = "documents" if source.kind == "text" else "QA rows"
+        raise PaluError(f"{label}: no {what} found; point path (and split) at a file that holds some.")
     return items
 
 
@@ -103,6 +119,8 @@ def load_lines(path: str | Path) -> list[str]:
 def _rows(source: DataSource) -> tuple[Iterator[Row], str]:
     """The raw rows ``source`` points at, and a label naming it for errors."""
     path = Path(source.path).expanduser()
+    if path.is_dir() and source.kind == "text" and source.split is None:
+        return _text_folder_rows(path, source), str(path)
     if path.is_dir():
         path = _split_file(path, source.split)
     if path.is_file():
@@ -117,11 +135,11 @@ def _rows(source: DataSource) -> tuple[Iterator[Row], str]:
 
 
 def _split_file(folder: Path, split: str | None) -> Path:
-    available = sorted({p.stem for p in folder.iterdir() if p.suffix.lower() in FORMATS})
+    available = sorted({p.stem for p in folder.iterdir() if p.suffix.lower() in (*FORMATS, ".txt")})
     listing = ", ".join(available) or "none (no .json/.jsonl/.parquet/.csv files there)"
     if split is None:
         raise PaluError(f"{folder} is a folder; set split to the file to load, one of: {listing}.")
-    for suffix in FORMATS:
+    for suffix in (*FORMATS, ".txt"):
         candidate = folder / f"{split}{suffix}"
         if candidate.is_file():
             return candidate
@@ -137,8 +155,27 @@ def _file_rows(path: Path, source: DataSource) -> Iterator[Row]:
         return _csv_rows(path, (source.perturbed_answers_field, source.spans_field, ANNOTATION_SPANS_FIELD))
     if suffix == ".parquet":
         return _parquet_rows(path)
+    if suffix == ".txt" and source.kind == "text":
+        return _text_rows(path, source)
     raise PaluError(f"{path}: unsupported file type '{path.suffix}'; use .json, .jsonl, .csv or .parquet "
-                    "(for plain text with one entry per line, use load_lines).")
+                    "(or .txt documents with kind: text).")
+
+
+def _text_rows(path: Path, source: DataSource) -> Iterator[Row]:
+    """The documents of a .txt file: the whole file, or the parts between ``separator`` lines."""
+    text = read_text(path)
+    parts = [text] if source.separator is None else re.split(rf"(?m)^{re.escape(source.separator)}[ \t]*\n?", text)
+    for i, part in enumerate(parts, 1):
+        if source.separator is None or part.strip():
+            yield f"{path}:document {i}", {source.text_field: part}
+
+
+def _text_folder_rows(folder: Path, source: DataSource) -> Iterator[Row]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".txt" and p.is_file())
+    if not files:
+        raise PaluError(f"{folder}: no .txt files; put one document per .txt file there, or set split to a file.")
+    for path in files:
+        yield from _text_rows(path, source)
 
 
 def json_rows(path: Path) -> Iterator[Row]:
@@ -209,7 +246,10 @@ def _hub_rows(source: DataSource, label: str) -> Iterator[Row]:
     import datasets  # imported here: it is slow to import and only the hub path needs it
 
     try:
-        dataset = datasets.load_dataset(source.path, source.split, split="train")
+        if source.subset is not None:
+            dataset = datasets.load_dataset(source.path, source.subset, split=source.split or "train")
+        else:
+            dataset = datasets.load_dataset(source.path, source.split, split="train")
     except Exception as e:  # offline, unknown id or config: all mean "use a local copy"
         raise PaluError(
             f"{label}: not a local file or folder, so it was loaded as a Hugging Face hub "
@@ -237,6 +277,17 @@ def _to_item(row: object, where: str, source: DataSource) -> QAItem:
                                    where),
         source=where,
     )
+
+
+def _to_document(row: object, where: str, source: DataSource) -> QAItem:
+    """A document: an item with no question, its text as the answer that spans index into."""
+    if not isinstance(row, dict):
+        raise PaluError(f"{where}: expected an object with a '{source.text_field}' field, got {type(row).__name__}; "
+                        "write one object per row.")
+    text = _required(row, source.text_field, "text_field", where)
+    if not text or not text.strip():
+        raise PaluError(f"{where}: the document is empty; remove it or give it text.")
+    return QAItem(question=None, answer=text, spans=_spans(row, source.spans_field, text, where), source=where)
 
 
 def _required(row: dict, name: str, option: str, where: str) -> str | None:

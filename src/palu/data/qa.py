@@ -20,13 +20,14 @@ class Span:
 
 @dataclass
 class QAItem:
-    """One question/answer pair, with what evaluation and unlearning may need of it.
+    """One question/answer pair, with what evaluation and unlearning may need of it; or, with no
+    question (None), a document: its text is the "answer", every token of it a training token.
 
     ``source`` says where the item came from (``file:line`` or ``dataset[index]``) so that
     every error about it can name it.
     """
 
-    question: str
+    question: str | None
     answer: str
     spans: list[Span] = field(default_factory=list)
     paraphrased_answer: str | None = None
@@ -36,17 +37,22 @@ class QAItem:
     source: str = ""
 
     def __post_init__(self) -> None:
-        where = self.source or "a QA item"
-        if not isinstance(self.question, str) or not self.question.strip():
+        where = self.source or ("a document" if self.is_document else "a QA item")
+        what = "document" if self.is_document else "answer"
+        if not self.is_document and (not isinstance(self.question, str) or not self.question.strip()):
             raise PaluError(f"{where}: the question is empty; give every item a non-empty question.")
         if not isinstance(self.answer, str) or not self.answer.strip():
-            raise PaluError(f"{where}: the answer is empty; give every item a non-empty answer.")
+            raise PaluError(f"{where}: the {what} is empty; give every item a non-empty {what}.")
         for span in self.spans:
             if not (0 <= span.start < span.end <= len(self.answer)):
                 raise PaluError(
-                    f"{where}: span [{span.start}, {span.end}) lies outside its answer "
+                    f"{where}: span [{span.start}, {span.end}) lies outside its {what} "
                     f"(length {len(self.answer)}); fix the offsets or re-anchor the span."
                 )
+
+    @property
+    def is_document(self) -> bool:
+        return self.question is None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,14 +67,17 @@ class QAItem:
 def shared_items(items: list[QAItem], others: list[QAItem]) -> list[QAItem]:
     """The items of ``items`` that ``others`` also holds (same question and answer, ignoring surrounding
     spaces): a forget set that overlaps its retain set is pulled both ways, a common slip in naming splits."""
-    keys = {(o.question.strip(), o.answer.strip()) for o in others}
-    return [item for item in items if (item.question.strip(), item.answer.strip()) in keys]
+    def key(item: QAItem) -> tuple[str, str]:
+        return (item.question or "").strip(), item.answer.strip()
+
+    keys = {key(o) for o in others}
+    return [item for item in items if key(item) in keys]
 
 
 def item_texts(items: list[QAItem]) -> list[str]:
     """Every text of ``items`` (questions, answers and their variants): what a tokenizer for them is trained on."""
     texts = []
     for it in items:
-        texts += [it.question, it.answer, it.paraphrased_answer or "", it.paraphrased_question or "",
+        texts += [it.question or "", it.answer, it.paraphrased_answer or "", it.paraphrased_question or "",
                   *it.perturbed_answers]
     return [t for t in texts if t]

@@ -1,18 +1,18 @@
 """The MUSE-News suite (Shi et al. 2024) as docs/metrics.md describes it, batched.
 
 - ``forget_verbmem_ROUGE`` (VerbMem): the first part of a forget-corpus excerpt as the prompt, a
-  greedy continuation (128 new tokens), ROUGE-L F1 against the true continuation.
+  greedy continuation (128 new tokens), ROUGE-L F1 against the true continuation cut to its first
+  128 tokens.
 - ``forget_knowmem_ROUGE`` / ``retain_knowmem_ROUGE`` (KnowMem): questions on the forget / retain
-  corpus after the few-shot examples, greedy (32 new tokens, stop at a newline), ROUGE-L F1
-  against the answer.
+  corpus after the few-shot examples, greedy (32 new tokens), cut before the first of "\\n\\n",
+  "\\nQuestion" or "Question:", ROUGE-L F1 against the answer.
 - ``mia_min_k`` and ``privleak`` (PrivLeak): the Min-k% (k = 0.4) AUC of forget (label 0) against
   holdout (label 1) texts, and its gap to the retain model's AUC, exactly as the TOFU privleak.
 
 Prompts are plain text, not chat: the MUSE models are base models trained on the raw corpora. The
-prompt formats, few-shot layout included, are MUSE's own, so scores compare with its paper; ROUGE
-stems words, as open-unlearning's MUSE does (MUSE's own code does not). KnowMem answers end at the
-first newline (MUSE's code cuts at a blank line or "Question"; the few-shot answers are one line
-each, so both agree while the model keeps the few-shot layout).
+prompt formats, few-shot layout included, are MUSE's own. By default every rule is that of MUSE's
+released code (ROUGE without stemming), so scores compare with its paper (which shows them x100;
+palu reports 0-1); ``rules="open-unlearning"`` scores as open-unlearning's MUSE does instead.
 
 Privleak compares with the retain model: pass the results of this suite on the retain model (or
 the JSON they were saved to) as ``retain_reference``; without it privleak is None (unavailable).
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from palu.data.loaders import HUB_ID
 from palu.errors import PaluError
-from palu.eval.metrics import MetricSpec, mia_result, min_k_score, register, rouge_result
+from palu.eval.metrics import MetricSpec, mean_or_none, mia_result, min_k_score, register, result
 from palu.eval.scoring import generate_text, text_logprobs
 from palu.eval.tofu import MIA_K, add_comparisons
 from palu.io import read_json
@@ -34,6 +34,29 @@ from palu.io import read_json
 MUSE_NEWS = "muse-bench/MUSE-News"
 VERBMEM_MAX_NEW_TOKENS = 128
 KNOWMEM_MAX_NEW_TOKENS = 32
+KNOWMEM_STOPS = ("\n\n", "\nQuestion", "Question:")  # a KnowMem answer ends before the first of these
+
+
+@dataclass(frozen=True)
+class Rules:
+    """How a MUSE implementation turns generations into scores; the two in use differ in these only.
+
+    Attributes:
+        stem: ROUGE stems words (only ever raises scores).
+        strip: generations and references are stripped of surrounding whitespace.
+        cut_gt: the VerbMem reference is ``gt`` cut to its first 128 token ids (BOS counted), not all of it.
+        max_tokens: privleak texts are cut to this many tokens after the tokenizer's leading special
+            tokens when ``max_length`` is not given (None: scored whole).
+    """
+
+    stem: bool
+    strip: bool
+    cut_gt: bool
+    max_tokens: int | None
+
+
+RULES = {"muse": Rules(stem=False, strip=False, cut_gt=True, max_tokens=None),  # swj0419/muse_bench
+         "open-unlearning": Rules(stem=True, strip=True, cut_gt=False, max_tokens=2048)}
 
 
 @dataclass
@@ -145,37 +168,69 @@ def knowmem_prompt(question: str, icl: Sequence[Mapping[str, str]]) -> str:
     return f"{shots}Question: {question}\nAnswer: "
 
 
+def knowmem_cut(text: str) -> str:
+    """The answer before the first stop string: once the model starts the next few-shot block, it is done."""
+    for stop in KNOWMEM_STOPS:
+        text = text.split(stop, 1)[0]
+    return text
+
+
+def verbmem_reference(tokenizer, gt: str) -> str:
+    """MUSE's VerbMem reference: ``gt`` tokenised as a prompt is (BOS included where the tokenizer adds
+    one), cut to 128 ids and decoded, so a 128-token continuation is not scored against a longer text."""
+    return tokenizer.decode(tokenizer(gt).input_ids[:VERBMEM_MAX_NEW_TOKENS], skip_special_tokens=True)
+
+
+def rouge_f1_result(name: str, generations: Sequence[str], references: Sequence[str], stem: bool) -> dict:
+    """Per item ROUGE-L F1 (``rougeL_f1``) with the generation and the reference it was scored against."""
+    from rouge_score import rouge_scorer  # slow to import
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stem)
+    scores = [scorer.score(ref, gen)["rougeL"].fmeasure for gen, ref in zip(generations, references, strict=True)]
+    per_item = [{"rougeL_f1": r, "generation": g, "ground_truth": t}
+                for r, g, t in zip(scores, generations, references)]
+    return result(name, mean_or_none(scores), per_item)
+
+
 # Names as open-unlearning's; MUSE's MIA AUC and privleak are TOFU's mia_min_k and privleak.
-register(MetricSpec("forget_verbmem_ROUGE", False, "MUSE VerbMem: mean ROUGE-L F1 of greedy continuations of "
-                    "forget-corpus excerpts against the true continuations"))
-register(MetricSpec("forget_knowmem_ROUGE", False, "MUSE KnowMem: mean ROUGE-L F1 of few-shot greedy answers to "
-                    "questions on the forget corpus"))
-register(MetricSpec("retain_knowmem_ROUGE", True, "MUSE KnowMem: mean ROUGE-L F1 of few-shot greedy answers to "
-                    "questions on the retain corpus"))
+register(MetricSpec("forget_verbmem_ROUGE", False, "MUSE VerbMem: mean ROUGE-L F1 (0-1; MUSE shows x100) of greedy "
+                    "continuations of forget-corpus excerpts against the true continuations"))
+register(MetricSpec("forget_knowmem_ROUGE", False, "MUSE KnowMem: mean ROUGE-L F1 (0-1; MUSE shows x100) of few-shot "
+                    "greedy answers to questions on the forget corpus"))
+register(MetricSpec("retain_knowmem_ROUGE", True, "MUSE KnowMem: mean ROUGE-L F1 (0-1; MUSE shows x100) of few-shot "
+                    "greedy answers to questions on the retain corpus"))
 
 
 def evaluate_muse(model, tokenizer, data: MuseData, retain_reference: Mapping | None = None, batch_size: int = 16,
-                  max_length: int | None = None, progress: bool = False) -> dict[str, dict]:
+                  max_length: int | None = None, progress: bool = False, rules: str = "muse") -> dict[str, dict]:
     """Every MUSE metric the non-empty sets of ``data`` allow; metric name -> result.
 
+    ``rules`` ("muse", the default, or "open-unlearning"; see ``RULES``) says whose scoring to follow.
     ``max_length`` cuts privleak texts to that many tokens (for models with a shorter context than
-    the texts' roughly 2,000 Llama tokens); None scores them whole, as MUSE does.
+    the texts' roughly 2,000 Llama tokens); None scores them as the rules do.
     """
+    if rules not in RULES:
+        raise PaluError(f"MUSE rules must be one of {', '.join(RULES)}, not {rules!r}.")
+    rule = RULES[rules]
+    tidy = str.strip if rule.strip else str
     gen = dict(batch_size=batch_size, progress=progress)
     results: dict[str, dict] = {}
     if data.verbmem:
-        continuations = generate_text(model, tokenizer, [d["prompt"] for d in data.verbmem],
-                                      VERBMEM_MAX_NEW_TOKENS, **gen)
-        results["forget_verbmem_ROUGE"] = rouge_result("forget_verbmem_ROUGE", continuations,
-                                                       [d["gt"] for d in data.verbmem], measure="f1")
+        outputs = generate_text(model, tokenizer, [d["prompt"] for d in data.verbmem], VERBMEM_MAX_NEW_TOKENS, **gen)
+        refs = [verbmem_reference(tokenizer, d["gt"]) if rule.cut_gt else d["gt"] for d in data.verbmem]
+        results["forget_verbmem_ROUGE"] = rouge_f1_result("forget_verbmem_ROUGE", [tidy(o) for o in outputs],
+                                                          [tidy(r) for r in refs], rule.stem)
     knowmem = (("forget", data.forget_qa, data.forget_qa_icl), ("retain", data.retain_qa, data.retain_qa_icl))
     for split, qa, icl in knowmem:
         if qa:
-            answers = generate_text(model, tokenizer, [knowmem_prompt(d["question"], icl) for d in qa],
-                                    KNOWMEM_MAX_NEW_TOKENS, stop_at_newline=True, **gen)
+            outputs = generate_text(model, tokenizer, [knowmem_prompt(d["question"], icl) for d in qa],
+                                    KNOWMEM_MAX_NEW_TOKENS, **gen)
             name = f"{split}_knowmem_ROUGE"
-            results[name] = rouge_result(name, answers, [d["answer"] for d in qa], measure="f1")
+            results[name] = rouge_f1_result(name, [tidy(knowmem_cut(o)) for o in outputs],
+                                            [tidy(d["answer"]) for d in qa], rule.stem)
     if data.privleak_forget and data.privleak_holdout:
+        if max_length is None and rule.max_tokens is not None:
+            max_length = len(tokenizer("").input_ids) + rule.max_tokens
         scores = [[min_k_score(lp, MIA_K) for lp in text_logprobs(model, tokenizer, texts, batch_size, max_length,
                                                                    progress)]
                   for texts in (data.privleak_forget, data.privleak_holdout)]

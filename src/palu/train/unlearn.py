@@ -63,7 +63,9 @@ def train_only(model, names: set[str] | None):
 def unlearn(model, tokenizer, forget: list[QAItem], retain: list[QAItem], method: str, method_cfg,
             train_cfg: TrainConfig, prompt: PromptConfig, out_dir: Path, resume: bool = False,
             on_epoch_end=None, progress: bool = True) -> list[dict]:
-    """Unlearn ``forget`` from ``model`` in place with the named method; returns the per-epoch history."""
+    """Unlearn ``forget`` from ``model`` in place with the named method; returns the per-epoch history.
+
+    Forget and retain items may be documents: each of their windows is then one example."""
     if not forget or not retain:
         raise PaluError("unlearning needs a non-empty forget set and a non-empty retain set.")
     shared = shared_items(forget, retain)
@@ -77,6 +79,10 @@ def unlearn(model, tokenizer, forget: list[QAItem], retain: list[QAItem], method
         log.warning("%d of %d forget items have no sensitive span (first: %s); %s gets no forget term on them.",
                     len(unmarked), len(forget), unmarked[0], spec.name)
     setup = spec.prepare(method_cfg, model, forget, train_cfg.seed) if spec.prepare else Setup()
+    if setup.extra and any(item.is_document for item in forget):
+        raise PaluError(f"{spec.name} pairs each forget answer with sequences built from its question "
+                        f"({', '.join(setup.extra)}), and documents have no question; unlearn documents with "
+                        "another method (npo, simnpo, graddiff, palu, ...).")
     pad = tokenizer.pad_token_id
 
     def encoded_with_references(items: list[QAItem], indices: dict[str, int]):
@@ -100,7 +106,7 @@ def unlearn(model, tokenizer, forget: list[QAItem], retain: list[QAItem], method
         row["retain"] = (retain_enc[j], retain_refs[j])
         return row
 
-    data = EpochData(len(forget), fetch, train_cfg.seed)
+    data = EpochData(len(per_forget["forget"][0]), fetch, train_cfg.seed)  # a document gives several windows
 
     def step(model, batch):
         nonlocal ref_head

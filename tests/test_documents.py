@@ -1,0 +1,140 @@
+"""Documents as forget and retain sets: loading (.txt, folders, JSON Lines, CSV), windows that keep
+character spans on their tokens, annotation, every method through the same loop, and bad documents."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cli_helpers import one_line_error
+from palu.cli import main
+from palu.data.labels import IGNORE_INDEX, SENSITIVE, encode_document, token_spans
+from palu.data.loaders import DataSource, load_qa
+from palu.data.prompts import PromptConfig, answer_ids_and_offsets
+from palu.data.qa import QAItem, Span
+from palu.errors import PaluError
+from palu.methods import METHODS
+from palu.train.loop import TrainConfig
+from palu.train.unlearn import unlearn
+
+FORGET = ["Hina Ameen was born in Karachi. Her most-loved book is Granite Glossary, published in 2005.",
+          "Basil Mahfouz Al-Kuwaiti was born in Kuwait City, Kuwait. His father is a Real Estate Agent."]
+RETAIN = ["The author's name is Hina Ameen.", "Hina Ameen primarily contributes to the geology genre."]
+
+
+def corpus(path, texts):
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return path
+
+
+def test_documents_load_from_every_kind_of_file(tmp_path):
+    jsonl = corpus(tmp_path / "docs.jsonl", FORGET)
+    items = load_qa(DataSource(path=str(jsonl), kind="text"))
+    assert [it.answer for it in items] == FORGET and all(it.is_document for it in items)
+    assert items[1].source == f"{jsonl}:2"
+    (tmp_path / "one.txt").write_text(FORGET[0])
+    assert load_qa(DataSource(path=str(tmp_path / "one.txt"), kind="text"))[0].answer == FORGET[0]
+    (tmp_path / "many.txt").write_text(f"{FORGET[0]}\n---\n{FORGET[1]}\n---\n")
+    many = load_qa(DataSource(path=str(tmp_path / "many.txt"), kind="text", separator="---"))
+    assert [it.answer.strip() for it in many] == FORGET and many[1].source.endswith("many.txt:document 2")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i, text in enumerate(FORGET):
+        (folder / f"{i}.txt").write_text(text)
+    assert [it.answer for it in load_qa(DataSource(path=str(folder), kind="text"))] == FORGET
+    (tmp_path / "docs.csv").write_text("body\n" + "".join(f'"{t}"\n' for t in FORGET))
+    assert load_qa(DataSource(path=str(tmp_path / "docs.csv"), kind="text", text_field="body"))[1].answer == FORGET[1]
+
+
+def test_document_spans_are_read_and_checked(tmp_path):
+    text = FORGET[0]
+    start = text.index("Karachi")
+    path = tmp_path / "spans.jsonl"
+    path.write_text(json.dumps({"text": text, "target_words": [{"word": "Karachi", "start": start, "end": start + 7}]}))
+    assert load_qa(DataSource(path=str(path), kind="text"))[0].spans == [Span(start, start + 7)]
+    path.write_text(json.dumps({"text": text, "spans": [{"start": 3, "end": 999}]}))
+    with pytest.raises(PaluError, match=rf"{path}:1: span \[3, 999\) lies outside its document"):
+        load_qa(DataSource(path=str(path), kind="text"))
+
+
+@pytest.mark.parametrize("content,words", [
+    (b'{"text": "fine"}\n{"text": "   "}\n', ":2: the document is empty"),
+    (b'{"text": "fine"}\n{"body": "no text field"}\n', ":2: no 'text' field (the row has: body); set text_field"),
+    (b'{"text": "caf\xe9"}\n', ":1: not UTF-8 text"),
+    (b'{"text": 12}\n', ":1: 'text' should be text"),
+    (b'["not", "objects"]\n', ":1: expected an object with a 'text' field"),
+])
+def test_bad_documents_name_the_file_and_document(content, words, tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(PaluError) as caught:
+        load_qa(DataSource(path=str(path), kind="text"))
+    assert f"{path}{words}" in str(caught.value), str(caught.value)
+
+
+def test_a_txt_file_needs_kind_text(tmp_path):
+    (tmp_path / "doc.txt").write_text("some text")
+    with pytest.raises(PaluError, match="kind: text"):
+        load_qa(DataSource(path=str(tmp_path / "doc.txt")))
+
+
+@pytest.mark.parametrize("max_length", [8, 13, 64])
+def test_windows_cover_the_document_and_keep_its_spans(bpe_tokenizer, max_length):
+    text = FORGET[0] + " " + FORGET[1]
+    spans = [Span(text.index("Karachi"), text.index("Karachi") + 7), Span(text.index("Granite"), text.index("2005") + 4)]
+    item = QAItem(None, text, spans=spans)
+    windows = encode_document(bpe_tokenizer, item, max_length)
+    ids, offsets = answer_ids_and_offsets(bpe_tokenizer, text)
+    head = bpe_tokenizer("", add_special_tokens=True)["input_ids"]
+    assert all(len(w.input_ids) <= max_length and w.input_ids[:len(head)] == head for w in windows)
+    assert all(w.labels[:len(head)] == [IGNORE_INDEX] * len(head) for w in windows)  # no prompt: only the prefix
+    assert [t for w in windows for t in w.labels[len(head):]] == ids + [bpe_tokenizer.eos_token_id]
+    marked = [c == SENSITIVE for w in windows for c in w.token_class[len(head):]]
+    assert marked == [k >= 0 for k in token_spans(offsets, spans)] + [False]  # the same tokens in any window
+    assert len(windows) == -(-(len(ids) + 1) // (max_length - len(head)))
+
+
+def _train(method: str, options: dict, bpe_tokenizer, tiny_model, tmp_path):
+    forget = [QAItem(None, t, spans=[Span(t.index("born"), t.index("born") + 4)]) for t in FORGET]
+    retain = [QAItem(None, t) for t in RETAIN]
+    model = tiny_model(bpe_tokenizer)
+    before = [p.detach().clone() for p in model.parameters()]
+    history = unlearn(model, bpe_tokenizer, forget, retain, method, METHODS[method].config(**options),
+                      TrainConfig(epochs=1, lr=1e-3, batch_size=2, warmup_epochs=0, max_length=16, bf16="false"),
+                      PromptConfig(), tmp_path, progress=False)
+    return model, before, history
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS.names() if m != "idkdpo"])
+def test_every_method_trains_on_documents(method, bpe_tokenizer, tiny_model, tmp_path):
+    options = {"layer": 0} if method == "rmu" else {}
+    model, before, history = _train(method, options, bpe_tokenizer, tiny_model, tmp_path)
+    assert torch.isfinite(torch.tensor(history[-1]["loss"]))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), method
+
+
+def test_idkdpo_says_documents_have_no_question(bpe_tokenizer, tiny_model, tmp_path):
+    with pytest.raises(PaluError, match="idkdpo pairs each forget answer .* documents have no question"):
+        _train("idkdpo", {}, bpe_tokenizer, tiny_model, tmp_path)
+
+
+def test_a_corpus_unlearned_from_the_command_line_with_npo_then_palu_on_rule_spans(saved_model, tmp_path, capsys):
+    docs, retain = corpus(tmp_path / "docs.jsonl", FORGET), corpus(tmp_path / "retain.jsonl", RETAIN)
+    common = [f"model={saved_model}", f"retain.path={retain}", "retain.kind=text", "forget.kind=text",
+              "train.epochs=1", "train.batch_size=2", "train.max_length=32", "--quiet", "--threads=1"]
+    assert main(["unlearn", f"forget.path={docs}", "method=npo", f"output_dir={tmp_path / 'npo'}", *common]) == 0
+    assert (tmp_path / "npo" / "DONE").exists()
+    spans = tmp_path / "spans.jsonl"
+    assert main(["annotate", "annotator=rules", f"input.path={docs}", "input.kind=text", f"output={spans}"]) == 0
+    rows = [json.loads(line) for line in spans.read_text().splitlines()]
+    assert [r["text"] for r in rows] == FORGET and "Karachi" in [w["word"] for w in rows[0]["target_words"]]
+    assert main(["unlearn", f"forget.path={spans}", "method=palu", "method.first_n=2",
+                 f"output_dir={tmp_path / 'palu'}", *common]) == 0
+    history = json.loads((tmp_path / "palu" / "history.json").read_text())
+    assert history[-1]["forget"] != 0  # the rule spans reached PALU's forget term
+    capsys.readouterr()
+    assert main(["annotate", "annotator=contrast", f"options.model={saved_model}", f"input.path={docs}",
+                 "input.kind=text"]) == 2
+    one_line_error(capsys, "works on question/answer pairs, not documents")
