@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-
 from cli_helpers import one_line_error
+
 from palu.cli import main
 from palu.data.labels import IGNORE_INDEX, SENSITIVE, encode_document, token_spans
 from palu.data.loaders import DataSource, load_qa
@@ -138,3 +138,40 @@ def test_a_corpus_unlearned_from_the_command_line_with_npo_then_palu_on_rule_spa
     assert main(["annotate", "annotator=contrast", f"options.model={saved_model}", f"input.path={docs}",
                  "input.kind=text"]) == 2
     one_line_error(capsys, "works on question/answer pairs, not documents")
+
+
+def test_the_tofu_suite_refuses_documents(saved_model, tmp_path, capsys):
+    docs = corpus(tmp_path / "docs.jsonl", FORGET)
+    assert main(["eval", f"model={saved_model}", f"forget.path={docs}", "forget.kind=text",
+                 f"output_dir={tmp_path / 'e'}", "--quiet"]) == 2
+    one_line_error(capsys, "forget holds documents (kind: text)", "suite=muse")
+
+
+def test_requests_are_unlearned_in_turn_and_resume_by_request(saved_model, tmp_path, monkeypatch):
+    first, second = corpus(tmp_path / "r1.jsonl", FORGET[:1]), corpus(tmp_path / "r2.jsonl", FORGET[1:])
+    retain = corpus(tmp_path / "retain.jsonl", RETAIN)
+    out = tmp_path / "run"
+    args = ["unlearn", f"model={saved_model}", f"retain.path={retain}", "retain.kind=text", "method=npo",
+            f"requests=[{{path: {first}, kind: text}}, {{path: {second}, kind: text}}]", f"output_dir={out}",
+            "train.epochs=1", "train.batch_size=2", "train.max_length=32", "--quiet", "--threads=1"]
+    import palu.commands.unlearn as command
+
+    real, calls = command.unlearn, []
+
+    def killed_in_the_second_request(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(command, "unlearn", killed_in_the_second_request)
+    assert main(args) == 130
+    assert (out / "request-1" / "DONE").exists() and not (out / "request-2" / "DONE").exists()
+    first_model = (out / "request-1" / "model" / "model.safetensors").read_bytes()
+    monkeypatch.undo()
+    assert main([*args, "--resume"]) == 0
+    assert (out / "request-1" / "model" / "model.safetensors").read_bytes() == first_model  # not redone
+    steps = json.loads((out / "requests.json").read_text())
+    assert [s["request"] for s in steps] == [1, 2] and steps[1]["model"] == str(out / "request-2" / "model")
+    assert f"model: {out / 'request-1' / 'model'}" in (out / "request-2" / "config.yaml").read_text()
+    assert (out / "DONE").exists()

@@ -12,6 +12,7 @@ nowhere else), and the rules that keep what is in it safe.
     <run>/eval/epoch-N.json  the evaluation after epoch N (0: the starting model)
     <run>/best/, best.json   the best epoch's model and record under the selection rule
     <run>/relearn/           an attack's relearned model (a run folder of its own)
+    <run>/request-N/, requests.json   each deletion request's run, and the list of their models
     <demo>/tokenizer/, <demo>/eval-<model>/   the demo's shared tokenizer and its evaluations
     <sweep>/study.db, pareto.json, start-eval.json, trial-NNN/   a sweep's study, front, shared
                              starting-model evaluation and trials
@@ -62,6 +63,7 @@ STUDY = "study.db"
 FRONT = "pareto.json"
 START_EVAL = "start-eval.json"
 REPORT = "report.html"
+REQUESTS = "requests.json"
 
 
 def epoch_path(run: str | Path, epoch: int) -> Path:
@@ -78,6 +80,11 @@ def epoch_records(run: str | Path) -> list[dict]:
 def evaluation_dir(parent: str | Path, model: str) -> Path:
     """The folder of the evaluation of ``model`` beside it (the demo's ``eval-full``, say)."""
     return Path(parent) / f"{EVAL_PREFIX}{model}"
+
+
+def request_dir(run: str | Path, number: int) -> Path:
+    """Where a run of several deletion requests unlearns its ``number``-th (from 1)."""
+    return Path(run) / f"request-{number}"
 
 
 def trial_dir(sweep: str | Path, number: int) -> Path:

@@ -52,5 +52,5 @@ def run_muse(cfg: Config, overwrite: bool = False, progress: bool = True) -> dic
         data = load_muse(cfg.path, cfg.verbmem_limit, cfg.knowmem_limit, cfg.privleak_limit)
         model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.tokenizer)
         results = evaluate_muse(model, tokenizer, data, reference, cfg.batch_size, cfg.max_length, progress,
-                               cfg.rules)
+                                cfg.rules)
         return write_results(out, results)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from palu.adapters import AdapterConfig, add_adapter, for_saving
@@ -12,11 +12,11 @@ from palu.data.loaders import DataSource
 from palu.data.prompts import PromptConfig
 from palu.data.sources import SyntheticConfig, load_items, synthetic
 from palu.eval.sets import EvalSets, eval_sets
-from palu.io import read_json
+from palu.io import read_json, write_json, write_text
 from palu.methods.common import MethodOptions
 from palu.methods.palu import PaluConfig
 from palu.models import load_model_and_tokenizer, require_model
-from palu.runs import MODEL_DIR, Reuse, finish, is_finished, run_folder
+from palu.runs import DONE, MODEL_DIR, REQUESTS, Reuse, finish, is_finished, request_dir, run_folder
 from palu.train.loop import TrainConfig
 from palu.train.selection import EpochEvaluator, SelectionRule
 from palu.train.unlearn import unlearn
@@ -37,6 +37,10 @@ class Config:
         eval: evaluate after every epoch on these sets (and the starting model first); the best
             epoch by ``select`` is saved in ``<output_dir>/best``. None: no evaluation.
         select: the rule that picks the best epoch (see ``palu.train.selection``).
+        requests: deletion requests that arrive one after another: forget sets unlearned in this
+            order, each from the model the one before left, instead of ``forget``. Each request is a
+            run of its own in ``<output_dir>/request-N`` (evaluated after every epoch with
+            ``eval``); the last one's model is the result. A resumed run skips finished requests.
     """
 
     model: str = ""
@@ -51,6 +55,7 @@ class Config:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=1e-5, batch_size=8))
+    requests: list[DataSource] = field(default_factory=list)
 
 
 def run_unlearn(cfg: Config, overwrite: bool = False, resume: bool = False, progress: bool = True,
@@ -59,6 +64,8 @@ def run_unlearn(cfg: Config, overwrite: bool = False, resume: bool = False, prog
     (with ``cfg.eval``) and may raise to end the run early."""
     require_model(cfg)
     with run_folder(cfg.output_dir, "unlearn", cfg, Reuse(overwrite, resume, allow_config_change)) as out:
+        if cfg.requests:
+            return _in_turn(cfg, out, progress, stop)
         if is_finished(out):
             log.info("%s is already finished", out)
             return out / MODEL_DIR
@@ -83,3 +90,19 @@ def main(args) -> str:
     cfg = load_config(Config, args.config, args.overrides)
     saved = run_unlearn(cfg, args.overwrite, args.resume, not args.quiet, allow_config_change=args.allow_config_change)
     return f"unlearned model saved to {saved.resolve()}"
+
+
+def _in_turn(cfg: Config, out: Path, progress: bool, stop) -> Path:
+    """Unlearn ``cfg.requests`` one after another, each from the previous request's model; returns the
+    last model. Each request resumes (or skips, when finished) in its own folder."""
+    model = cfg.model
+    steps = []
+    for number, request in enumerate(cfg.requests, 1):
+        step = replace(cfg, model=model, tokenizer=cfg.tokenizer or cfg.model, forget=request, requests=[],
+                       output_dir=str(request_dir(out, number)))
+        log.info("request %d of %d: %s", number, len(cfg.requests), request.path)
+        model = str(run_unlearn(step, resume=True, progress=progress, stop=stop))
+        steps.append({"request": number, "forget": request.path, "split": request.split, "model": model})
+    write_json(out / REQUESTS, steps)
+    write_text(out / DONE, "")
+    return Path(model)

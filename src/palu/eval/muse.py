@@ -39,7 +39,7 @@ KNOWMEM_STOPS = ("\n\n", "\nQuestion", "Question:")  # a KnowMem answer ends bef
 
 @dataclass(frozen=True)
 class Rules:
-    """How a MUSE implementation turns generations into scores; the two in use differ in these only.
+    """Where MUSE's released code and open-unlearning's MUSE score the same generations differently.
 
     Attributes:
         stem: ROUGE stems words (only ever raises scores).
@@ -206,6 +206,8 @@ def evaluate_muse(model, tokenizer, data: MuseData, retain_reference: Mapping | 
     """Every MUSE metric the non-empty sets of ``data`` allow; metric name -> result.
 
     ``rules`` ("muse", the default, or "open-unlearning"; see ``RULES``) says whose scoring to follow.
+    Under both, privleak is None without ``retain_reference`` (open-unlearning would assume a retain
+    AUC of 0.5; pass ``{"mia_min_k": {"agg_value": 0.5}}`` for that).
     ``max_length`` cuts privleak texts to that many tokens (for models with a shorter context than
     the texts' roughly 2,000 Llama tokens); None scores them as the rules do.
     """

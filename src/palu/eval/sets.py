@@ -53,6 +53,10 @@ class EvalSets:
 def eval_sets(cfg: EvalSets, synthetic_cfg: SyntheticConfig) -> dict[str, list[QAItem]]:
     """The evaluation sets the config names, loaded, by name in ``SETS`` (the optional ones left out when None)."""
     sources = {name: getattr(cfg, name) for name in SETS}
+    documents = [name for name, source in sources.items() if source is not None and source.kind == "text"]
+    if documents:
+        raise PaluError(f"the TOFU metrics ask questions, and {documents[0]} holds documents (kind: text); evaluate "
+                        "a model on documents with `palu eval suite=muse`.")
     sets = {name: load_items(source, synthetic_cfg) for name, source in sources.items() if source is not None}
     if cfg.questions == "paraphrased" and "forget" in sets:
         missing = [item.source for item in sets["forget"] if not item.paraphrased_question]
