@@ -1,5 +1,6 @@
 """MUSE suite: raw-text generation and scoring against slow loops, aggregations against plain
-computations, loading from a folder, the hub (mocked) and broken files, and the runner."""
+computations, each scoring rule (MUSE's and open-unlearning's) against a plain re-implementation
+on made-up outputs, loading from a folder, the hub (mocked) and broken files, and the runner."""
 
 import json
 from pathlib import Path
@@ -15,8 +16,9 @@ from palu.commands.muse import Config as MuseConfig
 from palu.commands.muse import run_muse
 from palu.config import build
 from palu.errors import PaluError
+from palu.eval import muse
 from palu.eval.metrics import METRICS, rouge_l
-from palu.eval.muse import FILES, MuseData, evaluate_muse, knowmem_prompt, load_muse
+from palu.eval.muse import FILES, MuseData, evaluate_muse, knowmem_prompt, load_muse, rouge_f1_result
 from palu.eval.scoring import generate_text, text_logprobs
 from palu.io import read_json
 from palu.models import train_bpe_tokenizer
@@ -126,9 +128,13 @@ def test_knowmem_prompt_is_muse_format():
 # --- the suite ---------------------------------------------------------------------------------------
 
 
+LONG_GT = " " + " ".join(TEXTS * 4)  # well over 128 tokens: MUSE scores only its first 128
+
+
 def _data():
     qa = [{"question": q, "answer": a} for q, a in QA]
-    return MuseData(verbmem=[{"prompt": t[:20], "gt": t[20:]} for t in TEXTS[:3]], forget_qa=qa[:2],
+    verbmem = [{"prompt": t[:20], "gt": t[20:]} for t in TEXTS[:3]] + [{"prompt": TEXTS[3][:30], "gt": LONG_GT}]
+    return MuseData(verbmem=verbmem, forget_qa=qa[:2],
                     forget_qa_icl=ICL, retain_qa=qa[2:], retain_qa_icl=ICL[:1],
                     privleak_forget=TEXTS[:2], privleak_holdout=TEXTS[2:])
 
@@ -138,7 +144,20 @@ def _slow_min_k(logprobs, k=0.4):
     return -sum(lowest) / len(lowest)
 
 
+def _muse_cut(text):
+    """MUSE's KnowMem cut, plainly: the text before the earliest of its three stop strings."""
+    ends = [text.find(stop) for stop in ("\n\n", "\nQuestion", "Question:") if stop in text]
+    return text[: min(ends)] if ends else text
+
+
+def _muse_gt(tok, gt):
+    """MUSE's VerbMem reference: gt tokenised with BOS, its first 128 ids, decoded."""
+    return tok.decode(tok(gt).input_ids[:128], skip_special_tokens=True)
+
+
 def test_evaluate_muse_matches_plain_computation(tiny):
+    """MUSE's own procedure by default: full 32-token answers cut at its stop strings, the VerbMem
+    reference cut to 128 tokens, ROUGE-L F1 without stemming."""
     tok, model = tiny
     data = _data()
     res = evaluate_muse(model, tok, data, batch_size=2)
@@ -148,18 +167,22 @@ def test_evaluate_muse_matches_plain_computation(tiny):
         assert r["higher_is_better"] == METRICS[name].higher_is_better
     assert json.loads(json.dumps(res)) == res
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    cases = {"forget_verbmem_ROUGE": ([d["prompt"] for d in data.verbmem], [d["gt"] for d in data.verbmem], 128, False),
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    short = _muse_gt(tok, LONG_GT)
+    assert len(tok(LONG_GT).input_ids) > 128 and LONG_GT.startswith(short) and len(short) < len(LONG_GT)
+    cases = {"forget_verbmem_ROUGE": ([d["prompt"] for d in data.verbmem], [_muse_gt(tok, d["gt"]) for d in data.verbmem],
+                                      128, False),
              "forget_knowmem_ROUGE": ([knowmem_prompt(d["question"], ICL) for d in data.forget_qa],
                                       [d["answer"] for d in data.forget_qa], 32, True),
              "retain_knowmem_ROUGE": ([knowmem_prompt(d["question"], ICL[:1]) for d in data.retain_qa],
                                       [d["answer"] for d in data.retain_qa], 32, True)}
     for name, (prompts, gts, max_new, cut) in cases.items():
         gens = [_greedy(model, tok, p, max_new) for p in prompts]
-        gens = [g.split("\n")[0] for g in gens] if cut else gens
+        gens = [_muse_cut(g) for g in gens] if cut else gens
         f1 = [scorer.score(gt, g)["rougeL"].fmeasure for g, gt in zip(gens, gts)]
         per_item = res[name]["value_by_index"]
         assert [per_item[str(i)]["generation"] for i in range(len(gens))] == gens
+        assert [per_item[str(i)]["ground_truth"] for i in range(len(gens))] == gts
         assert [per_item[str(i)]["rougeL_f1"] for i in range(len(gens))] == pytest.approx(f1)
         assert res[name]["agg_value"] == pytest.approx(sum(f1) / len(f1))
 
@@ -180,6 +203,99 @@ def test_evaluate_muse_leaves_out_empty_sets(tiny):
     data = _data()
     data.verbmem, data.privleak_holdout = [], []
     assert set(evaluate_muse(model, tok, data)) == {"forget_knowmem_ROUGE", "retain_knowmem_ROUGE"}
+
+
+# --- the scoring rules on made-up outputs -----------------------------------------------------------
+
+
+def test_knowmem_answer_is_cut_at_muses_stop_strings_not_at_a_newline():
+    """"1472\nAnswer: 1472" holds none of MUSE's stop strings, so MUSE scores all of it: LCS 1 of 3
+    output tokens and 1 answer token, P = 1/3, R = 1, F1 = 0.5 (a newline cut would give 1.0)."""
+    assert muse.knowmem_cut("1472\nAnswer: 1472") == _muse_cut("1472\nAnswer: 1472") == "1472\nAnswer: 1472"
+    f1 = rouge_f1_result("forget_knowmem_ROUGE", ["1472\nAnswer: 1472"], ["1472"], stem=False)
+    assert f1["agg_value"] == pytest.approx(0.5)
+    for text in ("The Rovers\n\nQuestion: Who won?", "In Leeds\nQuestion 2", "A charity Question: why?\n\n",
+                 "Question: who?", "\n\nQuestion:", "no stop\nat all", ""):
+        assert muse.knowmem_cut(text) == _muse_cut(text)
+
+
+def test_rouge_stems_only_under_open_unlearning_rules():
+    """MUSE's code scores "running" against "run" as different words; open-unlearning stems both to "run"."""
+    scores = {stem: rouge_f1_result("forget_knowmem_ROUGE", ["The dog was running home", "run"],
+                                    ["The dog runs home", "running"], stem)["value_by_index"] for stem in (False, True)}
+    plain = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    assert [scores[False][i]["rougeL_f1"] for i in "01"] == pytest.approx(
+        [plain.score("The dog runs home", "The dog was running home")["rougeL"].fmeasure, 0.0])
+    assert scores[False]["0"]["rougeL_f1"] == pytest.approx(2 * (3 / 5) * (3 / 4) / (3 / 5 + 3 / 4))  # LCS the dog home
+    assert scores[True]["0"]["rougeL_f1"] == pytest.approx(2 * (4 / 5) * 1 / (4 / 5 + 1))  # + run
+    assert scores[True]["1"]["rougeL_f1"] == 1.0
+
+
+def _scripted(monkeypatch, outputs):
+    """Make evaluate_muse's generations the given texts (by prompt); returns the calls' lengths and options."""
+    calls = []
+
+    def generate_text(model, tokenizer, prompts, max_new_tokens, **kwargs):
+        calls.append((max_new_tokens, sorted(kwargs)))
+        return [outputs[p] for p in prompts]
+
+    monkeypatch.setattr(muse, "generate_text", generate_text)
+    return calls
+
+
+@pytest.mark.parametrize("rules", ["muse", "open-unlearning"])
+def test_each_rule_matches_a_plain_reimplementation(tiny, monkeypatch, rules):
+    tok, _ = tiny
+    long_out = " " + " ".join(TEXTS * 2)[:200] + "\n\nMore text "
+    verbmem = [{"prompt": "p1", "gt": LONG_GT}, {"prompt": "p2", "gt": " the dogs running home\n"}]
+    qa = [{"question": "When?", "answer": "1472"}, {"question": "Who?", "answer": "The Rovers"},
+          {"question": "Where?", "answer": "In Leeds"}]
+    outputs = {"p1": long_out, "p2": "  the dog runs home  "}
+    answers = ["1472\nAnswer: 1472", " The Rovers won\n\nQuestion: Who lost?\nAnswer: ", " In Leeds Question: x"]
+    outputs |= {knowmem_prompt(d["question"], ICL): a for d, a in zip(qa, answers)}
+    calls = _scripted(monkeypatch, outputs)
+    res = evaluate_muse(None, tok, MuseData(verbmem=verbmem, forget_qa=qa, forget_qa_icl=ICL), rules=rules)
+    assert calls == [(128, ["batch_size", "progress"]), (32, ["batch_size", "progress"])]  # no early stop
+
+    if rules == "muse":  # MUSE's code: no stemming, no strip, reference cut to 128 token ids
+        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+        gens, refs = [long_out, outputs["p2"]], [_muse_gt(tok, d["gt"]) for d in verbmem]
+        cut = [_muse_cut(a) for a in answers]
+    else:  # open-unlearning: stemming, whole reference, everything stripped
+        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+        gens, refs = [long_out.strip(), outputs["p2"].strip()], [d["gt"].strip() for d in verbmem]
+        cut = [_muse_cut(a).strip() for a in answers]
+    assert cut[0] == "1472\nAnswer: 1472"
+    for name, gen, ref in (("forget_verbmem_ROUGE", gens, refs), ("forget_knowmem_ROUGE", cut, [d["answer"] for d in qa])):
+        per_item = res[name]["value_by_index"]
+        assert [per_item[str(i)]["generation"] for i in range(len(gen))] == gen
+        assert [per_item[str(i)]["ground_truth"] for i in range(len(gen))] == ref
+        f1 = [scorer.score(r, g)["rougeL"].fmeasure for g, r in zip(gen, ref)]
+        assert [per_item[str(i)]["rougeL_f1"] for i in range(len(gen))] == pytest.approx(f1)
+        assert res[name]["agg_value"] == pytest.approx(sum(f1) / len(f1))
+    assert res["forget_knowmem_ROUGE"]["value_by_index"]["0"]["rougeL_f1"] == pytest.approx(0.5)
+    verbmem_f1 = res["forget_verbmem_ROUGE"]["value_by_index"]
+    whole = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False).score(LONG_GT, long_out)["rougeL"].fmeasure
+    assert (verbmem_f1["0"]["rougeL_f1"] == pytest.approx(whole)) == (rules == "open-unlearning")
+    assert (verbmem_f1["1"]["rougeL_f1"] == 1.0) == (rules == "open-unlearning")  # "runs"/"running" stem to "run"
+
+
+def test_privleak_text_length_under_each_rule(tiny, monkeypatch):
+    """MUSE scores privleak texts whole; open-unlearning cuts them to 2,048 tokens after BOS; max_length wins."""
+    tok, _ = tiny
+    seen = []
+
+    def text_logprobs(model, tokenizer, texts, batch_size, max_length, progress):
+        seen.append(max_length)
+        return [np.array([-1.0, -2.0 - i]) for i in range(len(texts))]
+
+    monkeypatch.setattr(muse, "text_logprobs", text_logprobs)
+    data = MuseData(privleak_forget=TEXTS[:2], privleak_holdout=TEXTS[2:])
+    for rules, max_length in (("muse", None), ("open-unlearning", None), ("open-unlearning", 64)):
+        evaluate_muse(None, tok, data, rules=rules, max_length=max_length)
+    assert seen == [None] * 2 + [len(tok("").input_ids) + 2048] * 2 + [64] * 2 and tok("").input_ids == [tok.bos_token_id]
+    with pytest.raises(PaluError, match="muse, open-unlearning"):
+        evaluate_muse(None, tok, data, rules="stemmed")
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +319,7 @@ def test_suite_and_runner_on_muse_news(muse_dir, tiny_model, tmp_path):
     cfg = build(MuseConfig, {"model": str(tmp_path / "model"), "path": str(muse_dir),
                              "output_dir": str(tmp_path / "out"), "batch_size": 2, "verbmem_limit": 1, "knowmem_limit": 2, "privleak_limit": 2,
                              "max_length": 256})
+    assert cfg.rules == "muse"
     res = run_muse(cfg, progress=False)
     assert len(res["forget_verbmem_ROUGE"]["value_by_index"]) == 1
     assert len(res["retain_knowmem_ROUGE"]["value_by_index"]) == 2
@@ -214,6 +331,9 @@ def test_suite_and_runner_on_muse_news(muse_dir, tiny_model, tmp_path):
 
     cfg.output_dir, cfg.retain_reference = str(tmp_path / "again"), str(tmp_path / "out" / "results.json")
     assert run_muse(cfg, progress=False)["privleak"]["agg_value"] == pytest.approx(0.0)  # the same model
+    assert build(MuseConfig, {"model": "m", "rules": "open-unlearning"}).rules == "open-unlearning"
+    with pytest.raises(PaluError, match="rules must be one of muse, open-unlearning"):
+        build(MuseConfig, {"model": "m", "rules": "stemmed"})
 
 
 # --- loading --------------------------------------------------------------------------------------

@@ -237,3 +237,9 @@ def test_a_model_folder_is_replaced_whole_or_not_at_all(tmp_path):
         (tmp / "model.safetensors").write_text("epoch 3")
     assert (tmp_path / "best" / "model.safetensors").read_text() == "epoch 3"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
+def test_written_files_follow_the_umask_like_any_other_file(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert (write_text(tmp_path / "atomic.txt", "x").stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)

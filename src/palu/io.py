@@ -13,6 +13,15 @@ from pathlib import Path
 from palu.errors import PaluError, os_error
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+
+
 def read_text(path: str | Path, what: str = "file") -> str:
     """A UTF-8 text file (a leading byte-order mark is accepted: it is valid UTF-8), with errors that
     name the file (and line, for bad bytes) and say what to do."""
@@ -41,6 +50,7 @@ def write_text(path: str | Path, text: str) -> Path:
     except OSError as e:
         raise os_error(e, path) from None
     try:
+        os.fchmod(fd, FILE_MODE)  # as a plain open() would: mkstemp makes the file private
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, path)
