@@ -175,3 +175,42 @@ def test_requests_are_unlearned_in_turn_and_resume_by_request(saved_model, tmp_p
     assert [s["request"] for s in steps] == [1, 2] and steps[1]["model"] == str(out / "request-2" / "model")
     assert f"model: {out / 'request-1' / 'model'}" in (out / "request-2" / "config.yaml").read_text()
     assert (out / "DONE").exists()
+
+
+def _muse_folder(root):
+    """A MUSE-News layout with one or two items per set: enough to score C1-C4."""
+    qa = [{"question": "Who was born in Karachi?", "answer": "Hina Ameen"}]
+    rows = {("verbmem", "forget"): [{"prompt": "Hina Ameen was born", "gt": " in Karachi."}],
+            ("knowmem", "forget_qa"): qa, ("knowmem", "forget_qa_icl"): qa,
+            ("knowmem", "retain_qa"): [{"question": "What genre?", "answer": "geology"}], ("knowmem", "retain_qa_icl"): qa,
+            ("privleak", "forget"): [{"text": FORGET[0]}], ("privleak", "holdout"): [{"text": RETAIN[0]}]}
+    for (folder, split), content in rows.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / folder / f"{split}.json").write_text(json.dumps(content))
+    return root
+
+
+@pytest.mark.parametrize("prop", ["scalability", "sustainability"])
+def test_a_curve_scores_c1_to_c4_after_each_forget_set(prop, saved_model, tmp_path, capsys):
+    first, second = corpus(tmp_path / "f1.jsonl", FORGET[:1]), corpus(tmp_path / "f2.jsonl", FORGET)
+    retain = corpus(tmp_path / "retain.jsonl", RETAIN)
+    muse_dir = _muse_folder(tmp_path / "muse")
+    out = tmp_path / "curve"
+    args = ["curve", f"property={prop}", f"forgets=[{{path: {first}, kind: text}}, {{path: {second}, kind: text}}]",
+            f"unlearn.model={saved_model}", f"unlearn.retain.path={retain}", "unlearn.retain.kind=text",
+            "unlearn.method=npo", "unlearn.train.epochs=1", "unlearn.train.batch_size=2", "unlearn.train.max_length=32",
+            f"muse.path={muse_dir}", "muse.max_length=64", f"output_dir={out}", "--quiet", "--threads=1"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert ("C5 scalability" if prop == "scalability" else "C6 sustainability") in printed
+    curve = json.loads((out / "curve.json").read_text())
+    assert [r["step"] for r in curve["rows"]] == [0, 1, 2]
+    assert [r["forget_documents"] for r in curve["rows"]] == ([0, 1, 2] if prop == "scalability" else [0, 1, 3])
+    assert all(0 <= r["C1"] <= 1 and 0 <= r["C4"] <= 1 and r["C3"] is None for r in curve["rows"])  # no retain reference
+    evaluated = sorted(p.name for p in out.glob("eval-step-*"))
+    assert evaluated == ["eval-step-0", "eval-step-1", "eval-step-2"]
+    unlearned = [out / "size-1", out / "size-2"] if prop == "scalability" else \
+        [out / "requests" / "request-1", out / "requests" / "request-2"]
+    assert all((folder / "DONE").exists() for folder in unlearned)
+    assert main([*args, "--resume"]) == 0  # everything finished: nothing is redone
+    assert json.loads((out / "curve.json").read_text()) == curve

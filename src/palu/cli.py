@@ -18,7 +18,8 @@ import textwrap
 from palu.config import describe
 from palu.errors import PaluError, explain
 
-VERBS = ("demo", "finetune", "unlearn", "eval", "annotate", "attack", "sweep", "report")  # palu.commands.<verb>
+# each a module palu.commands.<verb>
+VERBS = ("demo", "finetune", "unlearn", "eval", "annotate", "attack", "sweep", "curve", "report")
 
 
 def default_threads() -> int:

@@ -179,6 +179,8 @@ def _convert(hint, value, where: str):
         options = [a for a in args if a is not type(None)]
         return _convert(options[0], value, where) if len(options) == 1 else value
     if dataclasses.is_dataclass(hint):
+        if isinstance(value, str) and "name" in {f.name for f in dataclasses.fields(hint)}:
+            value = {"name": value}  # `method=npo`, `peft=lora`: a section picked by its name
         if not isinstance(value, dict):
             raise PaluError(f"{where} is a section; give it as a mapping of options.")
         return build(hint, value, where)
