@@ -214,3 +214,8 @@ def test_a_curve_scores_c1_to_c4_after_each_forget_set(prop, saved_model, tmp_pa
     assert all((folder / "DONE").exists() for folder in unlearned)
     assert main([*args, "--resume"]) == 0  # everything finished: nothing is redone
     assert json.loads((out / "curve.json").read_text()) == curve
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    title = "C5 scalability" if prop == "scalability" else "C6 sustainability"
+    assert f"{title}: C3 privleak" in page and "forget documents" in page and "<polyline" in page
+    assert "forget_verbmem_ROUGE" in page and "retain_knowmem_ROUGE" in page  # C1-C4 per run in the table

@@ -13,6 +13,7 @@ nowhere else), and the rules that keep what is in it safe.
     <run>/best/, best.json   the best epoch's model and record under the selection rule
     <run>/relearn/           an attack's relearned model (a run folder of its own)
     <run>/request-N/, requests.json   each deletion request's run, and the list of their models
+    <curve>/size-N/ or requests/, eval-step-N/, curve.json, curve.md   a MUSE C5/C6 curve
     <demo>/tokenizer/, <demo>/eval-<model>/   the demo's shared tokenizer and its evaluations
     <sweep>/study.db, pareto.json, start-eval.json, trial-NNN/   a sweep's study, front, shared
                              starting-model evaluation and trials
@@ -64,6 +65,7 @@ FRONT = "pareto.json"
 START_EVAL = "start-eval.json"
 REPORT = "report.html"
 REQUESTS = "requests.json"
+CURVE, CURVE_TABLE = "curve.json", "curve.md"
 
 
 def epoch_path(run: str | Path, epoch: int) -> Path:

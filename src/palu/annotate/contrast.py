@@ -1,4 +1,4 @@
-"""Model-based spans, no API: the answer tokens that the model's knowledge of the subject explains.
+"""Model-based spans, no API: the answer (or document) tokens that the model's knowledge of the subject explains.
 
 Score. For each answer token y_t
 
@@ -37,6 +37,29 @@ are trimmed from span edges.
 Scoring is batched: answers with their prompts in one pass, windows in a second pass of short
 left-padded sequences, only the needed positions reaching the vocabulary projection.
 
+Documents. A document has no question: what the model knows about it is its own earlier text
+(whom it is about, what it said before). Each token is scored
+
+    s_t = log p_model(y_t | BOS, the previous W document tokens) - log p_ref(y_t | reference context)
+
+over one tokenisation of the whole text (as in training), so offsets are the document's own. A long
+document is read in rows of ``max_length`` tokens: the first row scores its tokens, each later row
+re-reads half a row before the tokens it scores, so every token is scored once, with W from half a
+row to a whole row (all earlier tokens near the start), and memory is bounded by ``max_length`` and
+``batch_tokens``. The reference:
+
+* ``base_model`` given: that model on the same rows, so s_t is what learning the document added.
+* otherwise (the default): the same model on BOS and only the last ``window`` tokens. Cutting the
+  earlier document removes what the model knows about this document but keeps what it knows about
+  language: grammar, set phrases and word continuations follow from a few tokens and score near 0,
+  while a fact the model recalls from the document ("Karachi" once the text has said whose birth it
+  is) scores high. The same model, not a second one, because it is the model a user always has and
+  its language knowledge is the one the first term uses; a base model that is weaker at language
+  would also credit the document with grammar. The first ``window`` tokens score 0 (the two contexts
+  are the same), and a fact whose cue lies inside the window (a name right before it) scores low,
+  one more reason names, numbers and titles also come from the rules. ``window=None`` is an error
+  for documents: the reference would read what the model reads.
+
 Defaults (window 5, threshold 1 nat, all options on) gave the best span F1 in
 ``benchmarks/annotators.py`` with tiny models; see ``benchmarks/results/annotators.md``.
 """
@@ -44,7 +67,7 @@ Defaults (window 5, threshold 1 nat, all options on) gave the best span F1 in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -82,8 +105,8 @@ class ContrastAnnotator(Annotator):
         model: the model that knows the facts: a loaded causal LM, or a hub id or folder.
         tokenizer: a loaded fast tokenizer, or a hub id or folder (default: the model's).
         base_model: optional reference that lacks the facts (object, hub id or folder), same tokenizer.
-        window: answer tokens of local context for the same-model reference; None keeps the whole
-            answer prefix.
+        window: answer (or document) tokens of local context for the same-model reference; None keeps
+            the whole answer prefix (QA items only).
         reference_question: the question of the same-model reference; None masks the names,
             numbers and titles of each item's own question.
         threshold: the word score (nats) from which a word is sensitive.
@@ -92,9 +115,12 @@ class ContrastAnnotator(Annotator):
         complete_phrases: extend each marked word over the content words right after it.
         with_rules: add the rules annotator's spans (names, numbers, dates, quoted titles).
         batch_tokens: input tokens per forward pass.
-        max_length: prompt plus answer tokens scored at most; the rest of a long answer is not marked.
+        max_length: prompt plus answer tokens scored at most (the rest of a long answer is not marked);
+            for a document, the tokens of one row it is read in.
         prompt: how a question becomes a prompt (as in training).
     """
+
+    documents: ClassVar[bool] = True
 
     model: Any = None
     tokenizer: Any = None
@@ -139,13 +165,14 @@ class ContrastAnnotator(Annotator):
         """Word-level spans of one item from its token scores."""
         answer = item.answer
         words = word_scores(answer, scores)
-        asked = content_words(item.question) if self.skip_question_words else set()
+        question = item.question or ""  # a document asks nothing
+        asked = content_words(question) if self.skip_question_words else set()
         marked = [word for word, score in words
                   if score >= self.threshold and not self.skipped(word.text(answer), asked)]
         if self.complete_phrases:
             marked = phrases(answer, [word for word, _ in words], marked)
         if self.with_rules:
-            marked += _RULES.spans(answer, item.question if self.skip_question_words else "")
+            marked += _RULES.spans(answer, question if self.skip_question_words else "")
         # every span holds a marked word outside the question, so no span is made of question words only
         spans = (trim(answer, span) for span in merge(marked, answer, bridge=" "))
         return [span for span in spans if span is not None]
@@ -156,7 +183,13 @@ class ContrastAnnotator(Annotator):
         return content_words(word) <= asked or (self.skip_modifiers and is_modifier(word))
 
     def token_scores(self, items: list[QAItem]) -> list[ContrastScores]:
-        """Contrast scores of every answer token of every item (EOS not included)."""
+        """Contrast scores of every answer (or document) token of every item (EOS not included)."""
+        docs = [i for i, item in enumerate(items) if item.is_document]
+        pairs = [i for i, item in enumerate(items) if not item.is_document]
+        return restore_order(len(items), [(pairs, self._answer_scores([items[i] for i in pairs])),
+                                          (docs, self._document_scores([items[i] for i in docs]))])
+
+    def _answer_scores(self, items: list[QAItem]) -> list[ContrastScores]:
         tok = self.tokenizer
         prompts = [prompt_ids(tok, item.question, self.prompt) for item in items]
         references = [prompt_ids(tok, self.reference_question or mask_subject(item.question), self.prompt)
@@ -176,10 +209,45 @@ class ContrastAnnotator(Annotator):
         else:
             requests = [(r + ids[max(0, j - self.window) : j + 1], 1)
                         for r, (ids, _) in zip(references, answers) for j in range(len(ids))]
-            flat = np.concatenate(_logprobs(self.model, requests, self.batch_tokens) or [np.zeros(0)])
-            ends = np.cumsum([len(ids) for ids, _ in answers])
-            ref = [flat[end - len(ids) : end] for (ids, _), end in zip(answers, ends)]
+            ref = _per_item(self.model, requests, [len(ids) for ids, _ in answers], self.batch_tokens)
         return [ContrastScores(offsets, f - r, f, r) for (_, offsets), f, r in zip(answers, full, ref)]
+
+    def _document_scores(self, items: list[QAItem]) -> list[ContrastScores]:
+        """Scores of every token of each document, read in rows of ``max_length`` (see the module docstring)."""
+        if not items:
+            return []
+        if self.base_model is None and self.window is None:
+            raise PaluError("contrast annotator: window=None gives documents no reference (it would read what the "
+                            "model reads); keep a window (default 5) or set base_model.")
+        tok = self.tokenizer
+        head = tok("", add_special_tokens=True)["input_ids"] or [
+            tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]  # what predicts the first token
+        room = self.max_length - len(head)
+        if room < 2 or None in head:
+            raise PaluError(f"contrast annotator: max_length={self.max_length} leaves no room to score a document "
+                            "(or the tokenizer has neither BOS nor EOS); raise max_length.")
+        docs = [answer_ids_and_offsets(tok, item.answer) for item in items]
+        lengths = [len(ids) for ids, _ in docs]
+        rows = [(head + ids[max(0, end - room) : end], end - start) for ids, _ in docs
+                for start, end in row_blocks(len(ids), room)]
+        full = _per_item(self.model, rows, lengths, self.batch_tokens)
+        if self.base_model is not None:
+            ref = _per_item(self.base_model, rows, lengths, self.batch_tokens)
+        else:
+            requests = [(head + ids[max(0, j - self.window) : j + 1], 1) for ids, _ in docs for j in range(len(ids))]
+            ref = _per_item(self.model, requests, lengths, self.batch_tokens)
+        return [ContrastScores(offsets, f - r, f, r) for (_, offsets), f, r in zip(docs, full, ref)]
+
+
+def row_blocks(n: int, room: int) -> list[tuple[int, int]]:
+    """The [start, end) tokens each row of an ``n``-token document scores: the first ``room``, then ``room // 2``
+    at a time, each row reading ``room`` tokens back from its end, so later tokens keep half a row of context."""
+    out, start = [], 0
+    while start < n:
+        end = min(n, max(room, start + room // 2))
+        out.append((start, end))
+        start = end
+    return out
 
 
 def word_scores(answer: str, scores: ContrastScores) -> list[tuple[Span, float]]:
@@ -218,6 +286,12 @@ def mask_subject(question: str, placeholder: str = "someone") -> str:
     for span in reversed(_RULES.spans(question)):
         question = question[: span.start] + placeholder + question[span.end :]
     return question
+
+
+def _per_item(model, requests: list[Request], lengths: list[int], batch_tokens: int) -> list[np.ndarray]:
+    """The log-probabilities of consecutive requests, joined and cut back into items of ``lengths`` tokens."""
+    flat = np.concatenate(_logprobs(model, requests, batch_tokens) or [np.zeros(0)])
+    return np.split(flat, np.cumsum(lengths)[:-1]) if lengths else []
 
 
 def _logprobs(model, requests: list[Request], batch_tokens: int) -> list[np.ndarray]:

@@ -27,19 +27,13 @@ from palu.config import load_config, require
 from palu.data.loaders import DataSource
 from palu.data.sources import load_items
 from palu.eval.core import format_value
+from palu.eval.muse import PROPERTIES
 from palu.io import read_json, write_json, write_text
 from palu.models import require_model
-from palu.runs import MODEL_DIR, SUMMARY, Reuse, evaluation_dir, request_dir, run_folder
+from palu.runs import CURVE, CURVE_TABLE, MODEL_DIR, SUMMARY, Reuse, evaluation_dir, request_dir, run_folder
 
 HELP = "MUSE's scalability (C5) or sustainability (C6): C1-C4 as the forget set grows or requests follow"
 RESUMABLE = True
-PROPERTIES = {  # MUSE's name: (palu's metric, what it asks)
-    "C1": ("forget_verbmem_ROUGE", "no verbatim memorisation"),
-    "C2": ("forget_knowmem_ROUGE", "no knowledge memorisation"),
-    "C3": ("privleak", "no privacy leakage"),
-    "C4": ("retain_knowmem_ROUGE", "utility preserved"),
-}
-CURVE, TABLE = "curve.json", "curve.md"
 
 
 @dataclass
@@ -76,7 +70,7 @@ def run_curve(cfg: Config, overwrite: bool = False, resume: bool = False, progre
         rows = [{"step": step, "forget_documents": size, **_properties(_evaluate(cfg, out, step, model, progress))}
                 for step, (model, size) in enumerate(steps)]
         write_json(out / CURVE, {"property": cfg.property, "rows": rows})
-        write_text(out / TABLE, curve_table(cfg.property, rows) + "\n")
+        write_text(out / CURVE_TABLE, curve_table(cfg.property, rows) + "\n")
         return rows
 
 

@@ -239,3 +239,11 @@ def evaluate_muse(model, tokenizer, data: MuseData, retain_reference: Mapping | 
         results["mia_min_k"] = mia_result("mia_min_k", *scores)
     add_comparisons(results, retain_reference)
     return results
+
+
+PROPERTIES = {  # MUSE's six properties of an unlearned model, the first four scored: name -> (metric, what it asks)
+    "C1": ("forget_verbmem_ROUGE", "no verbatim memorisation"),
+    "C2": ("forget_knowmem_ROUGE", "no knowledge memorisation"),
+    "C3": ("privleak", "no privacy leakage"),
+    "C4": ("retain_knowmem_ROUGE", "utility preserved"),
+}

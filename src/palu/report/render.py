@@ -9,8 +9,11 @@ from pathlib import Path
 
 from palu.data.qa import QAItem, Span
 from palu.eval.metrics import METRICS
+from palu.eval.muse import PROPERTIES
+from palu.io import read_json
 from palu.report.discover import BEFORE, RETAIN, UNLEARNED, Run
 from palu.report.svg import line_chart, scatter
+from palu.runs import CURVE
 
 HEADLINE = ("forget_quality", "model_utility", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_truth_ratio",
             "exact_memorization", "extraction_strength", "retain_Q_A_Prob", "retain_Q_A_ROUGE", "privleak")
@@ -73,7 +76,8 @@ def markdown(runs: list[Run]) -> str:
 
 def html_page(runs: list[Run], items: dict[str, QAItem], sources: list[Path]) -> str:
     parts = [f"<h1>palu report</h1><p class=\"muted\">from {', '.join(escape(str(s)) for s in sources)}</p>",
-             _summary_section(runs), _scatter_section(runs), _training_section(runs), _generations_section(runs, items)]
+             _summary_section(runs), _curve_section(sources), _scatter_section(runs), _training_section(runs),
+             _generations_section(runs, items)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">" + MARK +
@@ -101,6 +105,27 @@ def _summary_section(runs: list[Run]) -> str:
     return (f"<h2>Summary</h2>{_table(runs, headline_columns(runs))}<p class=\"muted\">{LEGEND}. The before model "
             "is the one unlearning started from; the retain model was never trained on the forget set.</p>"
             f"<details><summary>all metrics</summary>{_table(runs, every)}<ul>{glossary}</ul></details>")
+
+
+def _curve_section(sources: list[Path]) -> str:
+    """MUSE's C5 or C6 curve of each ``palu curve`` folder among the sources: C1-C4 against the
+    documents forgotten so far."""
+    parts = []
+    for source in sources:
+        if not (source / CURVE).is_file():
+            continue
+        curve = read_json(source / CURVE)
+        rows = curve.get("rows", []) if isinstance(curve, dict) else []
+        title = "C5 scalability" if curve.get("property") == "scalability" else "C6 sustainability"
+
+        def series(name: str):
+            return [(r.get("forget_documents", 0), number(r.get(name))) for r in rows]
+
+        rouge = [(f"{name} {PROPERTIES[name][1]}", series(name)) for name in ("C1", "C2", "C4")]
+        parts += [f"<h3>{escape(title)}: {escape(str(source))}</h3>",
+                  line_chart(f"{title}: C1, C2 (lower is better), C4 (higher)", rouge, x_label="forget documents"),
+                  line_chart(f"{title}: C3 privleak (0 is ideal)", [("C3", series("C3"))], x_label="forget documents")]
+    return "<h2>MUSE properties</h2>" + "".join(parts) if parts else ""
 
 
 def _scatter_section(runs: list[Run]) -> str:

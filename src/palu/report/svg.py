@@ -82,8 +82,9 @@ def _axes(x: Axis, y: Axis, box: tuple[float, float, float, float], x_label: str
     return out
 
 
-def line_chart(title: str, series: list[tuple[str, list[tuple[float, float | None]]]], log_y: bool = False) -> str:
-    """One line per (name, [(epoch, value)]) series; missing values (None) and, on a log axis,
+def line_chart(title: str, series: list[tuple[str, list[tuple[float, float | None]]]], log_y: bool = False,
+               x_label: str = "epoch") -> str:
+    """One line per (name, [(x, value)]) series; missing values (None) and, on a log axis,
     values <= 0 are left out and counted under the chart, so a gap is never silent."""
     kept = [(name, [(x, y) for x, y in pts if y is not None and (y > 0 or not log_y)]) for name, pts in series]
     dropped = sum(len([p for p in pts if p[1] is not None]) for _, pts in series) - sum(len(p) for _, p in kept)
@@ -97,13 +98,13 @@ def line_chart(title: str, series: list[tuple[str, list[tuple[float, float | Non
                                              'no values to plot</text>'])
     xs = axis([x for _, pts in kept for x, _ in pts], integer=True)
     ys = axis([y for _, pts in kept for _, y in pts], log=log_y)
-    body = _axes(xs, ys, box, "epoch", "")
+    body = _axes(xs, ys, box, x_label, "")
     for i, (name, pts) in enumerate(kept):
         color = PALETTE[i % len(PALETTE)]
         coords = [(xs.to_px(x, box[0], box[2]), ys.to_px(y, box[3], box[1]), x, y) for x, y in sorted(pts)]
         body.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="'
                     + " ".join(f"{px:.1f},{py:.1f}" for px, py, _, _ in coords) + '"/>')
-        body += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{color}"><title>{escape(name)}, epoch '
+        body += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{color}"><title>{escape(name)}, {x_label} '
                  f'{x:g}: {y:.4g}</title></circle>' for px, py, x, y in coords]
         if legend:
             ly = box[1] + 10 + 16 * i
