@@ -43,7 +43,7 @@ Documents. A document has no question: what the model knows about it is its own 
     s_t = log p_model(y_t | BOS, the previous W document tokens) - log p_ref(y_t | reference context)
 
 over one tokenisation of the whole text (as in training), so offsets are the document's own. A long
-document is read in rows of ``max_length`` tokens: the first row scores its tokens, each later row
+document is read in rows of ``max_length`` tokens: the first row scores all its tokens, each later row
 re-reads half a row before the tokens it scores, so every token is scored once, with W from half a
 row to a whole row (all earlier tokens near the start), and memory is bounded by ``max_length`` and
 ``batch_tokens``. The reference:
@@ -222,10 +222,13 @@ class ContrastAnnotator(Annotator):
         tok = self.tokenizer
         head = tok("", add_special_tokens=True)["input_ids"] or [
             tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]  # what predicts the first token
+        if None in head:
+            raise PaluError("contrast annotator: the tokenizer has neither BOS nor EOS, so nothing predicts a "
+                            "document's first token; set one (e.g. tokenizer.bos_token).")
         room = self.max_length - len(head)
-        if room < 2 or None in head:
-            raise PaluError(f"contrast annotator: max_length={self.max_length} leaves no room to score a document "
-                            "(or the tokenizer has neither BOS nor EOS); raise max_length.")
+        if room < 2:
+            raise PaluError(f"contrast annotator: max_length={self.max_length} leaves no room to score a document; "
+                            "raise it.")
         docs = [answer_ids_and_offsets(tok, item.answer) for item in items]
         lengths = [len(ids) for ids, _ in docs]
         rows = [(head + ids[max(0, end - room) : end], end - start) for ids, _ in docs

@@ -16,12 +16,15 @@ repeated phrase is marked once. Each span is re-anchored, in this order:
    "year"), and a phrase whose every occurrence is taken duplicates another span.
 
 ``all_occurrences`` then marks every other word-bounded occurrence of each span's text too.
+Documents are matched by their whole text (what ``palu annotate`` writes for them), so their spans
+are re-anchored the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from palu.annotate.base import AnnotationReport, Annotator, Change, item_name, register
 from palu.annotate.text import (
@@ -41,57 +44,68 @@ from palu.errors import PaluError
 @register("file")
 @dataclass
 class FileAnnotator(Annotator):
-    """Spans from a span file, matched to items by question and answer (or by question alone).
+    """Spans from a span file, matched to items by question and answer (or by question alone), and to
+    documents by their text.
 
     Attributes:
         path: a JSON Lines or JSON file of ``{"question", "answer", "target_words": [{"word", "start",
-            "end"}]}`` rows, or a folder saved with ``datasets.save_to_disk`` holding the same columns.
+            "end"}]}`` rows (``{"text", "target_words"}`` for documents), or a folder saved with
+            ``datasets.save_to_disk`` holding the same columns.
         split: the split of a saved ``DatasetDict`` (all splits, concatenated, when None).
         all_occurrences: also mark every other word-bounded occurrence of each span's text.
-        question_field, answer_field, spans_field: the file's field names.
+        question_field, answer_field, text_field, spans_field: the file's field names.
     """
+
+    documents: ClassVar[bool] = True
 
     path: str = ""
     split: str | None = None
     all_occurrences: bool = False
     question_field: str = "question"
     answer_field: str = "answer"
+    text_field: str = "text"
     spans_field: str = ANNOTATION_SPANS_FIELD
 
     def find_spans(self, items: list[QAItem], report: AnnotationReport) -> list[list[Span] | None]:
         rows = self._rows()
-        by_pair = {}
+        by_pair, by_text = {}, {}
         by_question: dict[str, list[tuple[str, dict]]] = {}
         for where, row in rows:
+            if self.text_field in row:
+                by_text.setdefault(str(row[self.text_field]).strip(), (where, row))
             question = str(row.get(self.question_field, "")).strip()
             by_pair.setdefault((question, str(row.get(self.answer_field, "")).strip()), (where, row))
             by_question.setdefault(question, []).append((where, row))
         out: list[list[Span] | None] = []
         for i, item in enumerate(items):
             name = item_name(item, i)
-            question = item.question.strip()
-            match = by_pair.get((question, item.answer.strip())) or (by_question.get(question) or [None])[0]
+            if item.is_document:
+                match, field = by_text.get(item.answer.strip()), self.text_field
+            else:
+                question = item.question.strip()
+                match = by_pair.get((question, item.answer.strip())) or (by_question.get(question) or [None])[0]
+                field = self.answer_field
             if match is None:
                 report.unmatched.append(name)
                 out.append(None)
                 continue
             where, row = match
-            out.append(self._anchor(item.answer, str(row.get(self.answer_field, "")), self._entries(row, where),
-                                    name, report))
+            out.append(self._anchor(item.answer, str(row.get(field, "")), self._entries(row, where), name, report))
         return out
 
     def _rows(self) -> list[tuple[str, dict]]:
         path = Path(self.path).expanduser()
         if not self.path or not path.exists():
             raise PaluError(f"file annotator: {self.path!r} does not exist; set path to a span file (JSON or "
-                            "JSON Lines rows of question, answer and spans, e.g. annotations/forget05.jsonl) or a "
-                            "saved dataset folder.")
+                            "JSON Lines rows of question, answer (or text) and spans, e.g. "
+                            "annotations/forget05.jsonl) or a saved dataset folder.")
         if path.is_dir():
             return _saved_rows(path, self.split)
         rows = []
         for where, row in json_rows(path):
             if not isinstance(row, dict):
-                raise PaluError(f"{where}: expected an object with question, answer and {self.spans_field}.")
+                raise PaluError(f"{where}: expected an object with question, answer (or {self.text_field}) and "
+                                f"{self.spans_field}.")
             rows.append((where, row))
         return rows
 

@@ -2,7 +2,10 @@
 
 The model is asked for the phrases only (as a JSON list), never for offsets: LLMs count
 characters badly, which is how the GPT-4o files got spans inside other words. Each phrase is
-placed at its first word-bounded occurrence that no other span covers.
+placed at its first word-bounded occurrence that no other span covers. A document is sent in chunks
+of at most ``chunk_chars`` characters, cut after a sentence (or at a space), so a long text fits the
+model's context and each phrase is placed in the chunk the model read it in; a chunk is part of
+its prompt, so each chunk's reply is cached on its own.
 
 Replies are cached on disk under a hash of model and prompt, so a re-run costs nothing and gives
 the same spans. Secrets (the API key, and credentials written into base_url as user:password@)
@@ -20,6 +23,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -44,6 +48,15 @@ Leave out context words that do not answer the question.
 Copy every phrase exactly as it is written in the answer.
 Reply with a JSON list of strings and nothing else, e.g. ["Kuwait City", "1987"]; reply [] if nothing qualifies."""
 
+DOCUMENT_INSTRUCTION = """You mark the sensitive words in a text.
+Mark the words in this text that name a specific person, place, date, number, work or other fact: proper \
+nouns, names of works, technical terms, specific concepts, roles, professions, places and dates.
+Leave out words that only carry grammar or general meaning.
+Copy every phrase exactly as it is written in the text.
+Reply with a JSON list of strings and nothing else, e.g. ["Kuwait City", "1987"]; reply [] if nothing qualifies."""
+
+SENTENCE_END = re.compile(r"[.!?][\"')\]’”]*\s+|\n\s*")
+
 
 class MalformedReply(ValueError):
     """The reply is not a JSON list of strings."""
@@ -60,7 +73,9 @@ class LLMAnnotator(Annotator):
         model: the chat model (``PALU_LLM_MODEL``).
         api_key: sent as a bearer token (``PALU_LLM_API_KEY``); may be empty for local servers.
         cache_dir: where replies are kept (default: ``$XDG_CACHE_HOME/palu/llm`` or ``~/.cache/palu/llm``).
-        all_occurrences: mark every word-bounded occurrence of each phrase, not only the first free one.
+        all_occurrences: mark every word-bounded occurrence of each phrase (in a document: of its chunk),
+            not only the first free one.
+        chunk_chars: the most characters of a document sent in one request.
         retries: attempts after the first for 429, 5xx and network errors.
         backoff: seconds before the first retry, doubling each time.
         timeout: seconds to wait for one reply.
@@ -74,6 +89,7 @@ class LLMAnnotator(Annotator):
     api_key: str | None = field(default=None, repr=False)
     cache_dir: str | None = None
     all_occurrences: bool = False
+    chunk_chars: int = 4000
     retries: int = 5
     backoff: float = 1.0
     timeout: float = 60.0
@@ -89,6 +105,8 @@ class LLMAnnotator(Annotator):
                             "(an OpenAI-compatible API root such as http://127.0.0.1:8000/v1).")
         if not self.model:
             raise PaluError("llm annotator: no model; set model or PALU_LLM_MODEL.")
+        if self.chunk_chars < 1:
+            raise PaluError(f"llm annotator: chunk_chars must be positive, not {self.chunk_chars}.")
         self._secrets, self._basic = [], None
         self.base_url = self._take_credentials(self.base_url)
         self._secrets += [str(s) for s in (self.api_key, self._basic) if s]
@@ -102,13 +120,22 @@ class LLMAnnotator(Annotator):
         out: list[list[Span] | None] = []
         for i, item in enumerate(items):
             name = item_name(item, i)
-            try:
-                phrases = self.phrases(item)
-            except MalformedReply as e:
-                report.errors.append(self._redact(f"{name}: malformed reply ({e}); the item keeps its spans"))
-                out.append(None)
-                continue
-            out.append(self._place(item.answer, phrases, name, report))
+            parts = chunks(item.answer, self.chunk_chars) if item.is_document else [(0, len(item.answer))]
+            spans: list[Span] | None = []
+            for start, end in parts:
+                text = item.answer[start:end]
+                if not text.strip():
+                    continue
+                try:
+                    phrases = self.phrases(item.question, text)
+                except MalformedReply as e:  # a chunk left unmarked would pass for one without facts: keep the item
+                    where = f" for characters [{start}, {end})" if len(parts) > 1 else ""
+                    report.errors.append(self._redact(f"{name}: malformed reply{where} ({e}); "
+                                                      "the item keeps its spans"))
+                    spans = None
+                    break
+                spans += [Span(s.start + start, s.end + start) for s in self._place(text, phrases, name, report)]
+            out.append(spans)
         return out
 
     def _take_credentials(self, url: str) -> str:
@@ -136,14 +163,16 @@ class LLMAnnotator(Annotator):
             text = text.replace(secret, "***")
         return text if limit is None or len(text) <= limit else text[:limit] + "..."
 
-    def messages(self, item: QAItem) -> list[dict]:
+    def messages(self, question: str | None, text: str) -> list[dict]:
+        """The chat for an answer to ``question``, or for a document's chunk ``text`` when ``question`` is None."""
+        if question is None:
+            return [{"role": "system", "content": DOCUMENT_INSTRUCTION}, {"role": "user", "content": f"Text: {text}"}]
         return [{"role": "system", "content": INSTRUCTION},
-                {"role": "user", "content": f"Text: {item.answer}" if item.is_document else
-                 f"Question: {item.question}\nAnswer: {item.answer}"}]
+                {"role": "user", "content": f"Question: {question}\nAnswer: {text}"}]
 
-    def phrases(self, item: QAItem) -> list[str]:
-        """The phrases the model marks in ``item``'s answer, from the cache when it holds the reply."""
-        messages = self.messages(item)
+    def phrases(self, question: str | None, text: str) -> list[str]:
+        """The phrases the model marks in ``text``, from the cache when it holds the reply."""
+        messages = self.messages(question, text)
         prompt = json.dumps({"model": self.model, "messages": messages}, sort_keys=True)
         key = hashlib.sha256(prompt.encode()).hexdigest()
         cached = Path(self.cache_dir) / f"{key}.json"
@@ -223,6 +252,20 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 _OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def chunks(text: str, size: int) -> list[tuple[int, int]]:
+    """[start, end) pieces of ``text`` of at most ``size`` characters, cut after the last sentence end when it lies
+    in the second half of a piece, else after the last whitespace (mid-word only for a longer word)."""
+    out, start = [], 0
+    while len(text) - start > size:
+        piece = text[start : start + size]
+        cut = max((m.end() for m in SENTENCE_END.finditer(piece)), default=0)
+        if cut <= size // 2:
+            cut = max(cut, max((m.end() for m in re.finditer(r"\s+", piece)), default=0)) or size
+        out.append((start, start + cut))
+        start += cut
+    return out + [(start, len(text))]
 
 
 def parse_reply(content: str) -> list[str]:
