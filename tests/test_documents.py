@@ -134,10 +134,6 @@ def test_a_corpus_unlearned_from_the_command_line_with_npo_then_palu_on_rule_spa
                  f"output_dir={tmp_path / 'palu'}", *common]) == 0
     history = json.loads((tmp_path / "palu" / "history.json").read_text())
     assert history[-1]["forget"] != 0  # the rule spans reached PALU's forget term
-    capsys.readouterr()
-    assert main(["annotate", "annotator=contrast", f"options.model={saved_model}", f"input.path={docs}",
-                 "input.kind=text"]) == 2
-    one_line_error(capsys, "works on question/answer pairs, not documents")
 
 
 def test_the_tofu_suite_refuses_documents(saved_model, tmp_path, capsys):

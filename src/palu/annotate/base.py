@@ -89,8 +89,9 @@ class Annotator(ABC):
         """Copies of ``items`` with the spans found; the inputs are not changed."""
         report = AnnotationReport(self.name, len(items))
         if not self.documents and any(item.is_document for item in items):
+            documents = ", ".join(name for name in ANNOTATORS.names() if ANNOTATORS[name].documents)
             raise PaluError(f"the {self.name} annotator works on question/answer pairs, not documents; annotate "
-                            "documents with annotator=rules or annotator=llm.")
+                            f"documents with one of: {documents}.")
         found = self.find_spans(items, report)
         out = []
         for i, (item, spans) in enumerate(zip(items, found, strict=True)):

@@ -19,7 +19,7 @@ from palu.data.sources import SyntheticConfig, load_items, synthetic
 from palu.errors import PaluError
 from palu.io import write_text
 
-HELP = "find the sensitive spans in QA answers (contrast, rules, file or llm annotator)"
+HELP = "find the sensitive spans in QA answers or documents (contrast, rules, file or llm annotator)"
 RESUMABLE = False
 HIGHLIGHT, RESET = "\x1b[1;30;43m", "\x1b[0m"  # bold black on yellow
 
