@@ -1,7 +1,10 @@
-"""Shared fixtures: small tokenizers trained on the tests' own text, and tiny random models."""
+"""Shared fixtures: small tokenizers trained on the tests' own text, tiny random models, a fake chat server."""
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -92,3 +95,70 @@ def saved_model(tmp_path_factory, bpe_tokenizer, tiny_model):
     tiny_model(bpe_tokenizer).save_pretrained(folder)
     bpe_tokenizer.save_pretrained(folder)
     return folder
+
+
+# --- a fake OpenAI-compatible chat server ---------------------------------------------------------
+
+MAX_REQUESTS = 30  # a fake server refuses more, so a retry loop cannot run away
+
+
+def completion(content: str) -> str:
+    """The JSON text of an OpenAI-style chat completion whose assistant message is ``content``."""
+    return json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]})
+
+
+class ChatHandler(BaseHTTPRequestHandler):
+    """Records every request as ``{"n", "method", "path", "auth", "body"}`` in ``self.server.requests``.
+
+    A POST is answered by ``self.server.reply(request) -> (status, body_text, headers)``, or with 503 once
+    more than MAX_REQUESTS have come; anything else (a redirected POST turned GET) gets 404.
+    """
+
+    timeout = 5  # a stuck connection cannot hang the test
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        request = self.record(json.loads(raw) if raw else None)
+        self.send(*(self.server.reply(request) if request["n"] < MAX_REQUESTS else (503, "too many requests", {})))
+
+    def do_GET(self):  # noqa: N802 (where urllib would send a redirected POST)
+        self.record(None)
+        self.send(404, "", {})
+
+    def record(self, body) -> dict:
+        with self.server.lock:
+            request = {"n": len(self.server.requests), "method": self.command, "path": self.path,
+                       "auth": self.headers.get("Authorization", ""), "body": body}
+            self.server.requests.append(request)
+        return request
+
+    def send(self, status: int, text: str, headers: dict) -> None:
+        data = text.encode()
+        self.send_response(status)
+        for name, value in {"Content-Type": "application/json", **headers, "Content-Length": str(len(data))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def chat_endpoint():
+    """``chat_endpoint(reply)`` starts a fake chat server on a free local port; returns its /v1 URL and the list
+    of the requests it gets (see ChatHandler). Every server started in a test is shut down after it."""
+    servers = []
+
+    def start(reply):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), ChatHandler)
+        server.daemon_threads = True
+        server.reply, server.requests, server.lock = reply, [], threading.Lock()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/v1", server.requests
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED
+from conftest import SHARED, completion
 
 from palu.annotate import annotate, get_annotator
 from palu.annotate.contrast import ContrastScores, is_modifier, mask_subject, phrases, word_scores
@@ -260,38 +258,23 @@ def test_contrast_against_a_base_model(memorised, tiny_model):
 KEY = "sk-test-secret-0123456789"
 
 
-class FakeChat(BaseHTTPRequestHandler):
+class FakeChat:
     """An OpenAI-style /chat/completions endpoint that answers from a script: (status, content) per call."""
 
-    script: list = []
-    calls: list = []
+    def __init__(self):
+        self.script: list = []
+        self.calls: list = []
 
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).calls.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        status, content = type(self).script.pop(0) if type(self).script else (200, "[]")
-        payload = {"choices": [{"message": {"role": "assistant", "content": content}}]} if status == 200 \
-            else {"error": {"message": "overloaded"}}
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+    def reply(self, request) -> tuple[int, str, dict]:
+        status, content = self.script.pop(0) if self.script else (200, "[]")
+        return status, completion(content) if status == 200 else json.dumps({"error": {"message": "overloaded"}}), {}
 
 
 @pytest.fixture
-def chat_server():
-    FakeChat.script, FakeChat.calls = [], []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeChat)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", FakeChat
-    server.shutdown()
-    server.server_close()
+def chat_server(chat_endpoint):
+    fake = FakeChat()
+    url, fake.calls = chat_endpoint(fake.reply)
+    return url, fake
 
 
 def llm(url, tmp_path, **options):

@@ -4,12 +4,11 @@ files by text, llm sends long documents in chunks and shifts the phrases it plac
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import torch
+from conftest import completion
 
 from palu.annotate import annotate, get_annotator
 from palu.annotate.contrast import row_blocks, word_scores
@@ -164,35 +163,31 @@ LONG = ("Talia Brenn was born in Oskavel. She moved to Mirethwe in 1890. "
 NAMES = ["Talia Brenn", "Oskavel", "Mirethwe", "1890", "Joren", "1901", "The Grey Hills", "1910"]
 
 
-class Chat(BaseHTTPRequestHandler):
-    """An OpenAI-style endpoint that marks the names of NAMES found in the text it is sent."""
+class Chat:
+    """An OpenAI-style endpoint that marks the names of NAMES found in the text it is sent.
 
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append(body)
-        system, user = (m["content"] for m in body["messages"])
+    ``reply(text, names)`` gives the reply's content; ``requests`` are the JSON bodies sent to it.
+    """
+
+    def __init__(self):
+        self.reply = lambda text, names: json.dumps(names)
+        self.calls: list = []
+
+    @property
+    def requests(self) -> list[dict]:
+        return [call["body"] for call in self.calls]
+
+    def answer(self, request) -> tuple[int, str, dict]:
+        system, user = (m["content"] for m in request["body"]["messages"])
         text = user.split("Text: ", 1)[1] if system == DOCUMENT_INSTRUCTION else user.split("\nAnswer: ", 1)[1]
-        content = self.server.reply(text, [name for name in NAMES if name in text])
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        return 200, completion(self.reply(text, [name for name in NAMES if name in text])), {}
 
 
 @pytest.fixture
-def server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Chat)
-    server.daemon_threads, server.requests = True, []
-    server.reply = lambda text, names: json.dumps(names)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield server, f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+def server(chat_endpoint):
+    chat = Chat()
+    url, chat.calls = chat_endpoint(chat.answer)
+    return chat, url
 
 
 def llm(url, tmp_path, **options):

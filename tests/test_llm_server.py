@@ -11,70 +11,30 @@ import base64
 import json
 import logging
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import completion
 
 from palu.cli import main
 
 KEY = "sk-SECRETKEY123456"
 PASSWORD = "pa55-w0rd-XYZ"
 BASIC = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
-MAX_REQUESTS = 30  # the server refuses more, so a retry loop cannot run away
 PADS = (0, 10, 20, 30, 40)  # with a 41-character echo, any cut of the text splits some key for one of these
 
 
-class Endpoint(BaseHTTPRequestHandler):
-    """POST /v1/chat/completions, answered by ``self.server.reply(n, authorization, answer)``."""
-
-    timeout = 5  # a stuck connection cannot hang the test
-
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-        auth = self.headers.get("Authorization", "")
-        requests = self.server.requests
-        requests.append({"path": self.path, "auth": auth})
-        answer = body["messages"][-1]["content"].split("\nAnswer: ", 1)[1]
-        if len(requests) > MAX_REQUESTS:
-            status, text, headers = 503, "too many requests", {}
-        else:
-            status, text, headers = self.server.reply(len(requests) - 1, auth, answer)
-        data = text.encode()
-        self.send_response(status)
-        headers = {"Content-Type": "application/json", **headers, "Content-Length": str(len(data))}
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):  # noqa: N802 (where urllib would send a redirected POST)
-        self.server.requests.append({"path": self.path, "auth": self.headers.get("Authorization", "")})
-        self.send_response(404)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def serve():
-    """``serve(reply)`` starts a server on a free port; returns its /v1 URL and the list of its requests."""
-    servers = []
+def serve(chat_endpoint):
+    """``serve(reply)`` starts a server on a free port; returns its /v1 URL and the list of its requests.
+
+    Each POST is answered by ``reply(n, authorization, answer)``: n counts the requests, answer is the one asked about.
+    """
 
     def start(reply):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
-        server.daemon_threads = True
-        server.reply, server.requests = reply, []
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/v1", server.requests
+        answer = lambda request: request["body"]["messages"][-1]["content"].split("\nAnswer: ", 1)[1]
+        return chat_endpoint(lambda request: reply(request["n"], request["auth"], answer(request)))
 
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    return start
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +45,7 @@ def _clean_env(monkeypatch, caplog):
 
 
 def chat(content: str) -> tuple[int, str, dict]:
-    return 200, json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}), {}
+    return 200, completion(content), {}
 
 
 def good(answer: str) -> tuple[int, str, dict]:

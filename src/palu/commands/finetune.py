@@ -16,7 +16,7 @@ from palu.runs import MODEL_DIR, Reuse, finish, is_finished, run_folder
 from palu.train.finetune import EarlyStop, StopWhenKnown, finetune
 from palu.train.loop import TrainConfig
 
-HELP = "train a target (full) or retain model on QA data"
+HELP = "train a target (full) or retain model on QA data or documents"
 RESUMABLE = True
 log = logging.getLogger(__name__)
 SCRATCH = "scratch"
