@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
@@ -26,7 +27,10 @@ def run(out: Path, processes: int, batch_size: int, grad_accum: int = 1) -> dict
            str(grad_accum)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    return torch.load(out / "weights.pt")
+    weights = torch.load(out / "weights.pt")
+    saved = load_file(out / "model" / "model.safetensors")  # written once, whole, with every rank calling
+    assert all(torch.equal(saved[k], v) for k, v in weights.items())
+    return weights
 
 
 def max_diff(a: dict, b: dict) -> float:

@@ -176,13 +176,18 @@ def finish(run: str | Path, model, tokenizer, history: list[dict]) -> Path:
 
 
 def save_model(folder: Path, model, tokenizer) -> Path:
-    """``save_pretrained`` of both into ``folder``, which holds all of them or what it held before."""
-    with replacing_dir(folder) as tmp:
-        try:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        except OSError as e:
-            raise os_error(e, folder) from None
+    """``save_pretrained`` of both into ``folder``, which holds all of them or what it held before.
+
+    Every process of a multi-process run calls it; the main one writes while the others wait."""
+    state = process_state()
+    if state.is_main_process:
+        with replacing_dir(folder) as tmp:
+            try:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+            except OSError as e:
+                raise os_error(e, folder) from None
+    state.wait_for_everyone()
     return folder
 
 
