@@ -11,6 +11,7 @@ nowhere else), and the rules that keep what is in it safe.
     <run>/results.json       an evaluation's per-item results; summary.json its aggregates
     <run>/eval/epoch-N.json  the evaluation after epoch N (0: the starting model)
     <run>/best/, best.json   the best epoch's model and record under the selection rule
+    <run>/logs/              an experiment tracker's files (train.report_to=tensorboard)
     <run>/relearn/           an attack's relearned model (a run folder of its own)
     <run>/request-N/, requests.json   each deletion request's run, and the list of their models
     <curve>/size-N/ or requests/, eval-step-N/, curve.json, curve.md   a MUSE C5/C6 curve
@@ -64,6 +65,7 @@ STUDY = "study.db"
 FRONT = "pareto.json"
 START_EVAL = "start-eval.json"
 REPORT = "report.html"
+LOGS = "logs"  # an experiment tracker's files (TensorBoard's events)
 REQUESTS = "requests.json"
 CURVE, CURVE_TABLE = "curve.json", "curve.md"
 

@@ -3,6 +3,8 @@ a checkpoint each epoch and resume. Fine-tuning and every unlearning method run 
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import math
 import pickle
 import shutil
@@ -13,9 +15,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors import SafetensorError
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -24,7 +27,7 @@ from transformers import get_scheduler
 from palu.config import require
 from palu.errors import PaluError
 from palu.io import read_json, write_json
-from palu.runs import CHECKPOINT, CHECKPOINT_STATE
+from palu.runs import CHECKPOINT, CHECKPOINT_STATE, CONFIG, LOGS
 
 STOP = "stopped_early"  # an epoch hook returning {STOP: True} ends training after that epoch
 
@@ -47,6 +50,11 @@ class TrainConfig:
         bf16: "auto" (bf16 autocast where the device supports it), "true" or "false".
         gradient_checkpointing: trade compute for activation memory.
         seed: seeds initialisation of the data order, the forget/retain pairing and dropout.
+        report_to: an experiment tracker (through accelerate) that receives every loss term each
+            ``log_every`` steps, each epoch's record (losses and evaluation metrics) and the run's
+            config as hyper-parameters, under the output folder's name; "none" sends nothing.
+            TensorBoard writes to ``<output_dir>/logs``; the others use their own settings.
+        log_every: optimiser steps between two logs of the loss terms to the tracker.
     """
 
     epochs: int = 5
@@ -61,6 +69,8 @@ class TrainConfig:
     bf16: str = "auto"
     gradient_checkpointing: bool = False
     seed: int = 0
+    report_to: Literal["none", "tensorboard", "wandb", "mlflow", "trackio"] = "none"
+    log_every: int = 10
 
     def __post_init__(self) -> None:
         if str(self.bf16).lower() not in ("auto", "true", "false"):
@@ -71,6 +81,7 @@ class TrainConfig:
         for name in ("warmup_epochs", "weight_decay", "max_grad_norm"):
             require(getattr(self, name) >= 0, name, "zero or more", getattr(self, name))
         require(self.max_length >= 2, "max_length", "at least 2 tokens", self.max_length)
+        require(self.log_every >= 1, "log_every", "at least 1", self.log_every)
 
 
 class EpochData(Dataset):
@@ -128,7 +139,15 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
     set_seed(cfg.seed)
     AcceleratorState._reset_state()  # keeps the process group; lets one process train with other precisions
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed_precision(cfg.bf16),
-                              cpu=not torch.accelerator.is_available())  # cpu: several CPU processes use gloo
+                              cpu=not torch.accelerator.is_available(),  # cpu: several CPU processes use gloo
+                              log_with=None if cfg.report_to == "none" else cfg.report_to,
+                              project_config=ProjectConfiguration(project_dir=str(out_dir),
+                                                                  logging_dir=str(Path(out_dir) / LOGS)))
+    if cfg.report_to != "none":
+        if importlib.util.find_spec(cfg.report_to) is None:  # accelerate would only warn and log nothing
+            raise PaluError(f"train.report_to={cfg.report_to} needs the {cfg.report_to} package: "
+                            f"pip install {cfg.report_to} (or set train.report_to=none).")
+        accelerator.init_trackers(Path(out_dir).resolve().name, config=hyperparameters(out_dir, cfg))
     if cfg.gradient_checkpointing:
         _checkpointing(model, True)
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate)
@@ -165,9 +184,12 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            for name, value in losses.items():
-                sums[name] += float(value.detach())
-            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
+            terms = {name: float(value.detach()) for name, value in losses.items()}
+            for name, value in terms.items():
+                sums[name] += value
+            bar.set_postfix(loss=f"{terms['loss']:.4f}")
+            if cfg.report_to != "none" and index % cfg.log_every == 0:
+                accelerator.log({f"train/{k}": v for k, v in terms.items()}, step=epoch * len(loader) + index)
         guard.check_weights(params, epoch + 1)
         record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
         record.update({k: v / max(len(loader), 1) for k, v in sums.items()})
@@ -176,16 +198,39 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
             record.update(on_epoch_end(epoch + 1, accelerator.unwrap_model(model)) or {})
             model.train()
         history.append(record)
+        if cfg.report_to != "none":
+            accelerator.log({f"epoch/{k}": v for k, v in record.items() if _is_number(v) and k != "epoch"},
+                            step=(epoch + 1) * len(loader))
         _save_checkpoint(accelerator, ckpt, history)
         guard.finished = len(history)
         if record.get(STOP):
             break
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     model = accelerator.unwrap_model(model)
     model.eval()
     if cfg.gradient_checkpointing:
         _checkpointing(model, False)
     return history
+
+
+def hyperparameters(out_dir: Path, cfg: TrainConfig) -> dict:
+    """The run's config (its config.yaml, else the training settings) as flat scalars, as trackers take them."""
+    saved = Path(out_dir) / CONFIG
+    config = yaml.safe_load(saved.read_text()) if saved.is_file() else dataclasses.asdict(cfg)
+
+    def flat(node, prefix: str = ""):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from flat(value, f"{prefix}{key}.")
+        else:
+            yield prefix[:-1], node if isinstance(node, (bool, int, float, str)) else str(node)
+
+    return dict(flat(config))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class FiniteGuard:
