@@ -206,7 +206,8 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
         if record.get(STOP):
             break
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training(): it also ends the process group, which palu reuses
+        tracker.finish()
     model = accelerator.unwrap_model(model)
     model.eval()
     if cfg.gradient_checkpointing:
