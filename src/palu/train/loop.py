@@ -136,6 +136,9 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
     Returns the per-epoch history (mean of each logged term, plus the hook's metrics).
     ``stateful`` objects (with ``state_dict``/``load_state_dict``) are checkpointed with the model.
     """
+    if cfg.report_to != "none" and importlib.util.find_spec(cfg.report_to) is None:  # accelerate would only warn
+        raise PaluError(f"train.report_to={cfg.report_to} needs the {cfg.report_to} package: "
+                        f"pip install {cfg.report_to} (or set train.report_to=none).")
     set_seed(cfg.seed)
     AcceleratorState._reset_state()  # keeps the process group; lets one process train with other precisions
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed_precision(cfg.bf16),
@@ -144,9 +147,6 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
                               project_config=ProjectConfiguration(project_dir=str(out_dir),
                                                                   logging_dir=str(Path(out_dir) / LOGS)))
     if cfg.report_to != "none":
-        if importlib.util.find_spec(cfg.report_to) is None:  # accelerate would only warn and log nothing
-            raise PaluError(f"train.report_to={cfg.report_to} needs the {cfg.report_to} package: "
-                            f"pip install {cfg.report_to} (or set train.report_to=none).")
         accelerator.init_trackers(Path(out_dir).resolve().name, config=hyperparameters(out_dir, cfg))
     if cfg.gradient_checkpointing:
         _checkpointing(model, True)
