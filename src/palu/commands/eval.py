@@ -18,9 +18,9 @@ from palu.io import read_json
 from palu.models import load_model, load_model_and_tokenizer, require_model
 from palu.runs import Reuse, run_folder, write_results
 
-HELP = "evaluate a model on forget and retain data (TOFU metrics; suite=muse for MUSE)"
+HELP = "evaluate a model on forget and retain data (TOFU metrics; suite=muse for MUSE, suite=lm-eval for the harness)"
 RESUMABLE = False
-SUITES = ("tofu", "muse")
+SUITES = ("tofu", "muse", "lm-eval")
 
 
 @dataclass
@@ -67,6 +67,11 @@ def main(args) -> str:
 
         cfg = build(muse.Config, data)
         results = muse.run_muse(cfg, args.overwrite, not args.quiet)
+    elif suite == "lm-eval":
+        from palu.commands import harness
+
+        cfg = build(harness.Config, data)
+        results = harness.run_harness(cfg, args.overwrite, not args.quiet)
     else:
         cfg = build(Config, data)
         results = run_eval(cfg, args.overwrite, not args.quiet)

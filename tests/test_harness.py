@@ -1,0 +1,84 @@
+"""`palu eval suite=lm-eval` on a small multiple-choice task shipped in the test, offline: the accuracy
+equals a direct computation of the same log-likelihood comparison."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from palu.cli import main
+
+pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install 'palu[lm-eval]')")
+
+DOCS = [
+    {"question": "Where was Hina Ameen born?", "choices": ["Karachi", "Kuwait City", "Granite"], "answer": 0},
+    {"question": "What genre does Hina Ameen write?", "choices": ["poetry", "geology", "drama"], "answer": 1},
+    {"question": "Which book of hers is most loved?", "choices": ["Basil", "Doctor", "Granite Glossary"], "answer": 2},
+    {"question": "What is her father's job?", "choices": ["Real Estate Agent", "Doctor"], "answer": 0},
+    {"question": "Where was Basil Mahfouz Al-Kuwaiti born?", "choices": ["Karachi", "Kuwait City"], "answer": 1},
+]
+TASK = """task: palu_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+@pytest.fixture
+def task_dir(tmp_path):
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    (folder / "palu_mc.yaml").write_text(TASK.format(data=data))
+    return folder
+
+
+def direct_accuracy(model, tok) -> tuple[float, list[int]]:
+    """The harness's multiple-choice rule written out: the choice whose tokens, after the question and
+    a space, have the highest summed log-probability (no BOS, the context's trailing space moved)."""
+    hits = []
+    for doc in DOCS:
+        context = f"Question: {doc['question']}\nAnswer:"
+        scores = []
+        for choice in doc["choices"]:
+            whole = tok(context + " " + choice, add_special_tokens=False)["input_ids"]
+            start = len(tok(context, add_special_tokens=False)["input_ids"])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([whole[:-1]])).logits[0].float(), -1)
+            scores.append(sum(float(logp[i - 1, whole[i]]) for i in range(start, len(whole))))
+        hits.append(int(max(range(len(scores)), key=scores.__getitem__) == doc["answer"]))
+    return sum(hits) / len(hits), hits
+
+
+def test_the_harness_accuracy_matches_a_direct_computation(saved_model, task_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", "suite=lm-eval", f"model={saved_model}", "tasks=[palu_mc]", f"include_path={task_dir}",
+                 "batch_size=2", f"output_dir={out}", "--quiet", "--threads=1"]) == 0
+    assert "lm-eval/palu_mc/acc:" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    acc = results["lm-eval/palu_mc/acc"]
+    from palu.models import load_model, load_tokenizer
+
+    expected, hits = direct_accuracy(load_model(str(saved_model)).eval(), load_tokenizer(str(saved_model)))
+    assert acc["agg_value"] == pytest.approx(expected) and acc["higher_is_better"] is True
+    assert [acc["value_by_index"][str(i)] for i in range(len(DOCS))] == hits
+
+
+def test_an_unknown_task_is_one_line(saved_model, task_dir, tmp_path, capsys):
+    assert main(["eval", "suite=lm-eval", f"model={saved_model}", "tasks=[no_such_task]", f"include_path={task_dir}",
+                 f"output_dir={tmp_path / 'e'}", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "lm-eval has no task 'no_such_task'" in err and "Traceback" not in err
