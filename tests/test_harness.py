@@ -82,3 +82,16 @@ def test_an_unknown_task_is_one_line(saved_model, task_dir, tmp_path, capsys):
                  f"output_dir={tmp_path / 'e'}", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "lm-eval has no task 'no_such_task'" in err and "Traceback" not in err
+
+
+def test_the_harness_runs_after_every_epoch_and_serves_as_the_utility(saved_model, task_dir, tmp_path):
+    from cli_helpers import unlearn
+
+    run = tmp_path / "run"
+    assert unlearn(saved_model, run, "train.epochs=2", "eval.forget.limit=2", "eval.retain.limit=2",
+                   "eval.max_new_tokens=2", "eval.lm_eval.tasks=[palu_mc]", f"eval.lm_eval.include_path={task_dir}",
+                   "select.utility=lm-eval/palu_mc/acc", "select.metric=forget_Q_A_Prob") == 0
+    records = [json.loads((run / "eval" / f"epoch-{e}.json").read_text())["summary"] for e in range(3)]
+    assert all(0 <= r["lm-eval/palu_mc/acc"] <= 1 for r in records)
+    history = json.loads((run / "history.json").read_text())
+    assert [h.get("lm-eval/palu_mc/acc") for h in history] == [r["lm-eval/palu_mc/acc"] for r in records]

@@ -12,6 +12,7 @@ from palu.data.prompts import PromptConfig
 from palu.data.sources import SyntheticConfig
 from palu.errors import PaluError
 from palu.eval.core import summary
+from palu.eval.harness import evaluate_harness
 from palu.eval.sets import EvalSets, eval_sets
 from palu.eval.tofu import evaluate_tofu
 from palu.io import read_json
@@ -44,6 +45,8 @@ def run_eval(cfg: Config, overwrite: bool = False, progress: bool = True) -> dic
         scorer = load_model(cfg.fluency_model) if cfg.fluency_model else None
         results = evaluate_tofu(model, tok, sets, cfg.prompt, reference, progress=progress, fluency_model=scorer,
                                 **cfg.options())
+        if cfg.lm_eval is not None:
+            results.update(evaluate_harness(model, tok, cfg.lm_eval))
         return write_results(out, results)
 
 

@@ -10,6 +10,7 @@ from palu.data.loaders import DataSource
 from palu.data.qa import QAItem
 from palu.data.sources import SyntheticConfig, load_items, synthetic
 from palu.errors import PaluError
+from palu.eval.harness import HarnessTasks
 from palu.eval.tofu import SETS
 
 
@@ -29,6 +30,9 @@ class EvalSets:
         max_new_tokens: generation length for ROUGE.
         questions: "original", or "paraphrased" to ask the forget questions in other words
             (TOFU's ``paraphrased_question``; every forget item needs one).
+        lm_eval: lm-evaluation-harness tasks scored beside (``lm_eval.tasks=[mmlu]``), as
+            ``lm-eval/<task>/<metric>``: a utility the selection rule can use
+            (``select.utility=lm-eval/mmlu/acc``). None: none.
         fluency_model: a model sharing the evaluated model's tokenizer (the retain model, say) that
             scores the fluency of the forget generations; without it only the model-free fluency
             measures are reported.
@@ -45,6 +49,7 @@ class EvalSets:
     max_length: int = 512
     questions: Literal["original", "paraphrased"] = "original"
     fluency_model: str | None = None
+    lm_eval: HarnessTasks | None = None
 
     def options(self) -> dict:
         return {"batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens, "max_length": self.max_length}

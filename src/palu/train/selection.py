@@ -16,6 +16,7 @@ from pathlib import Path
 
 from palu.data.prompts import PromptConfig
 from palu.eval.core import summary
+from palu.eval.harness import HarnessTasks, evaluate_harness
 from palu.eval.metrics import get_metric
 from palu.eval.tofu import evaluate_tofu
 from palu.io import copy_file, write_json
@@ -77,8 +78,9 @@ class EpochEvaluator:
 
     def __init__(self, tokenizer, sets: dict, prompt: PromptConfig, reference: dict | None, run: Path,
                  rule: SelectionRule, progress: bool = False, stop: Callable[[list[dict]], None] | None = None,
-                 **eval_options):
+                 harness: HarnessTasks | None = None, **eval_options):
         self.tokenizer, self.sets, self.prompt, self.reference, self.stop = tokenizer, sets, prompt, reference, stop
+        self.harness = harness
         self.run, self.rule, self.progress, self.options = Path(run), rule, progress, eval_options
         self.records = epoch_records(self.run)
 
@@ -88,6 +90,8 @@ class EpochEvaluator:
             return done
         results = evaluate_tofu(model, self.tokenizer, self.sets, self.prompt, self.reference,
                                 progress=self.progress, **self.options)
+        if self.harness is not None:
+            results.update(evaluate_harness(model, self.tokenizer, self.harness))
         record = {"epoch": epoch, **summary(results)}
         write_json(epoch_path(self.run, epoch), {"summary": record, "results": results})
         self.records.append(record)
