@@ -95,3 +95,27 @@ def test_the_harness_runs_after_every_epoch_and_serves_as_the_utility(saved_mode
     assert all(0 <= r["lm-eval/palu_mc/acc"] <= 1 for r in records)
     history = json.loads((run / "history.json").read_text())
     assert [h.get("lm-eval/palu_mc/acc") for h in history] == [r["lm-eval/palu_mc/acc"] for r in records]
+
+
+def test_the_wmdp_recipe_shape_rmu_on_a_corpus_scored_by_the_harness(saved_model, task_dir, tmp_path):
+    """RMU unlearns a text corpus; the harness scores the task before and after (WMDP's recipe, offline)."""
+    from cli_helpers import unlearn
+
+    corpus = tmp_path / "hazard.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d["question"] + " " + d["choices"][d["answer"]]}) + "\n"
+                              for d in DOCS))
+    run = tmp_path / "rmu"
+    assert unlearn(saved_model, run, "method=rmu", "method.layer=0", f"forget.path={corpus}", "forget.kind=text",
+                   f"retain.path={corpus}", "retain.kind=text", "retain.limit=1", "train.max_length=32",
+                   "eval.forget.limit=1", "eval.retain.limit=1", "eval.max_new_tokens=1",
+                   "eval.lm_eval.tasks=[palu_mc]", f"eval.lm_eval.include_path={task_dir}") == 0
+    before, after = (json.loads((run / "eval" / f"epoch-{e}.json").read_text())["summary"] for e in (0, 1))
+    assert {"lm-eval/palu_mc/acc"} <= set(before) & set(after)
+
+
+def test_a_missing_harness_names_the_install_command(saved_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "lm_eval", None)  # as if not installed
+    assert main(["eval", "suite=lm-eval", f"model={saved_model}", "tasks=[x]", f"output_dir={tmp_path / 'e'}",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'palu[lm-eval]'" in err and "Traceback" not in err
