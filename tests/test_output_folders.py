@@ -243,3 +243,10 @@ def test_written_files_follow_the_umask_like_any_other_file(tmp_path):
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
     assert (write_text(tmp_path / "atomic.txt", "x").stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)
+
+
+def test_a_failed_start_removes_the_folders_it_created(tmp_path, capsys):
+    out = tmp_path / "runs" / "deep" / "run"
+    assert unlearn(tmp_path / "no-such-model", out) == 2
+    capsys.readouterr()
+    assert list(tmp_path.iterdir()) == []

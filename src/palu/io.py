@@ -64,7 +64,7 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def copy_file(source: str | Path, target: str | Path) -> Path:
-    """Copy a file atomically, so a reader (another sweep worker, say) never sees half of it."""
+    """Copy a text file atomically, so a reader (another sweep worker, say) never sees half of it."""
     return write_text(target, read_text(source))
 
 

@@ -127,7 +127,7 @@ def run_folder(path: str | Path, command: str, cfg=None, reuse: Reuse = Reuse(),
         state.wait_for_everyone()
         yield path
         return
-    existed = path.exists()
+    made = [p for p in (path, *path.parents) if not p.exists()]  # the folders this call creates
     make_folder(path)
     lock_existed = (path / LOCK).exists()
     with _locked(path, shared and not reuse.overwrite):
@@ -139,7 +139,7 @@ def run_folder(path: str | Path, command: str, cfg=None, reuse: Reuse = Reuse(),
             yield path
         except BaseException:
             if fresh:  # a command that failed before writing anything leaves the folder as it found it
-                _undo_start(path, existed)
+                _undo_start(path, made)
             elif not lock_existed and _marker(path) is None:  # a refused folder of the user's: no trace
                 (path / LOCK).unlink(missing_ok=True)
             raise
@@ -211,13 +211,16 @@ def _claim(path: Path, command: str, cfg, reuse: Reuse, ignore: tuple[str, ...])
         save_config(path, cfg)
 
 
-def _undo_start(path: Path, existed: bool) -> None:
+def _undo_start(path: Path, made: list[Path]) -> None:
+    """Remove what the start of a run wrote, and the folders it created, unless something else is there."""
     if any(p.name not in (*OWN, CONFIG) for p in path.iterdir()):
         return
     for name in (MARKER, CONFIG, LOCK):
         (path / name).unlink(missing_ok=True)
-    if not existed:
-        path.rmdir()
+    for folder in made:  # innermost first
+        if any(folder.iterdir()):
+            return
+        folder.rmdir()
 
 
 def _marker(path: Path) -> str | None:
@@ -245,17 +248,14 @@ def _check_deletable(path: Path, made_by: str | None, cfg) -> None:
 
 def _check_resumable(path: Path, command: str, made_by: str | None, cfg, allow_change: bool,
                      ignore: tuple[str, ...]) -> None:
-    saved = _saved_config(path)
+    """Refuse to resume another command's folder, a folder palu did not make (one without a marker
+    counts as palu's when its config.yaml is exactly this run's), or a changed config unless allowed."""
     if made_by is not None and made_by != command:
         raise PaluError(f"{path} is a `palu {made_by}` run folder, not a `palu {command}` one; choose another "
                         "output_dir (or pass --overwrite to replace it).")
-    if cfg is None or saved is None:
-        if made_by is None:
-            raise PaluError(f"{path} holds files palu did not write; --resume continues only a palu run. "
-                            "Choose another output_dir.")
-        return
-    changes = config_changes(saved, _plain(cfg), ignore)
-    if made_by is None and changes:
+    saved = saved_config(path)
+    changes = None if cfg is None or saved is None else config_changes(saved, _plain(cfg), ignore)
+    if made_by is None and changes != []:
         raise PaluError(f"{path} holds files palu did not write; --resume continues only a palu run. "
                         "Choose another output_dir.")
     if changes and not allow_change:
@@ -264,7 +264,9 @@ def _check_resumable(path: Path, command: str, made_by: str | None, cfg, allow_c
                         "new output_dir, or pass --allow-config-change to continue under the new ones.")
 
 
-def _saved_config(path: Path) -> dict | None:
+def saved_config(path: str | Path) -> dict | None:
+    """The config a run folder was started with (None: none, or not a readable mapping)."""
+    path = Path(path)
     if not (path / CONFIG).is_file():
         return None
     try:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
@@ -27,7 +26,7 @@ from transformers import get_scheduler
 from palu.config import require
 from palu.errors import PaluError
 from palu.io import read_json, write_json
-from palu.runs import CHECKPOINT, CHECKPOINT_STATE, CONFIG, LOGS
+from palu.runs import CHECKPOINT, CHECKPOINT_STATE, LOGS, saved_config
 
 STOP = "stopped_early"  # an epoch hook returning {STOP: True} ends training after that epoch
 
@@ -217,8 +216,7 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
 
 def hyperparameters(out_dir: Path, cfg: TrainConfig) -> dict:
     """The run's config (its config.yaml, else the training settings) as flat scalars, as trackers take them."""
-    saved = Path(out_dir) / CONFIG
-    config = yaml.safe_load(saved.read_text()) if saved.is_file() else dataclasses.asdict(cfg)
+    config = saved_config(out_dir) or dataclasses.asdict(cfg)
 
     def flat(node, prefix: str = ""):
         if isinstance(node, dict):
