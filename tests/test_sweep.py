@@ -11,9 +11,11 @@ from test_cli import TINY
 import palu.commands.sweep
 from palu.cli import main
 from palu.commands.sweep import Config as SweepConfig
-from palu.commands.sweep import collapsed
+from palu.commands.sweep import collapsed, pareto_table, space_table
 from palu.config import load_config
 from palu.errors import PaluError
+from palu.methods import METHODS
+from palu.methods.space import search_space
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +111,47 @@ def test_a_trial_is_pruned_only_when_utility_is_low_and_not_recovering(utilities
 def test_a_sweep_needs_per_epoch_evaluation():
     with pytest.raises(PaluError, match="unlearn.eval"):
         load_config(SweepConfig, None, [])
+
+
+@pytest.mark.parametrize("name", list(METHODS.names()))
+def test_every_method_declares_a_space_of_valid_settings_with_sources(name):
+    """Each declared knob is an option of the method; each bound and choice makes a valid run config."""
+    method = METHODS[name]
+    options = method.config()
+    knobs = search_space(method.space, options, {})
+    assert "lr" in knobs and all(k.source for k in knobs.values())
+    for knob_name, knob in method.space.items():
+        assert hasattr(options, knob_name)
+        for value in (knob.low, knob.high) if knob.is_range else knob.choices:
+            assert getattr(type(options)(**{knob_name: value}), knob_name) == value
+    assert name in space_table()
+
+
+def test_drawn_settings_stay_in_the_declared_and_given_space():
+    cfg = load_config(SweepConfig, None, ["unlearn.model=x", "unlearn.eval.retain_reference=r.json",
+                                          "unlearn.method=rmu", "space.layer=[1, 2]", "space.lr=[1e-5, 2e-5]"])
+    knobs = cfg.knobs()
+    assert set(knobs) == {"lr", "steering_coeff", "layer"}
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        run = cfg.settings({name: knob.suggest(trial, name) for name, knob in knobs.items()})
+        assert 1e-5 <= run.train.lr <= 2e-5 and run.method.layer in (1, 2) and 1 <= run.method.steering_coeff <= 50
+        assert run.method.name == "rmu" and run.model == "x"
+    assert cfg.space == {"layer": [1, 2], "lr": [1e-5, 2e-5]}  # typed: saved and compared on resume as numbers
+
+
+def test_a_sweep_of_another_method_searches_its_own_knobs(demo, tmp_path, capsys):
+    out = tmp_path / "npo"
+    assert main(sweep_args(demo, out, 2, "prune_below=0", "method=npo", "space.beta=[0.2, 0.4]")) == 0
+    study = optuna.load_study(study_name="palu", storage=f"sqlite:///{out / 'study.db'}")
+    for t in study.trials:
+        assert set(t.params) == {"lr", "beta"} and 0.2 <= t.params["beta"] <= 0.4
+        saved = (out / f"trial-{t.number:03d}" / "config.yaml").read_text()
+        assert "name: npo" in saved and f"beta: {t.params['beta']}" in saved
+    assert "beta" in capsys.readouterr().out.splitlines()[0]  # the printed front shows the knobs searched
+
+
+def test_the_front_table_shows_each_method_s_settings():
+    table = pareto_table([{"trial": 3, "epoch": 2, "forget_quality": 0.5, "utility": 0.9, "lr": 3e-4, "beta": 0.25}])
+    assert table.split("\n")[0].split()[-2:] == ["lr", "beta"] and "0.0003" in table and "0.25" in table

@@ -16,7 +16,7 @@ from pathlib import Path
 from compare import PALU, RULE, Comparison
 
 from palu.commands.sweep import Config as SweepConfig
-from palu.commands.sweep import SearchSpace, run_sweep
+from palu.commands.sweep import run_sweep
 from palu.commands.unlearn import Config as UnlearnConfig
 from palu.io import read_json
 from palu.methods import configure
@@ -65,7 +65,7 @@ def run_search(cmp: Comparison, grid_runs: list[tuple[Path, float]], budget: int
     base = UnlearnConfig(model=str(cmp.p.model("full")), forget=cmp.forget_source("palu (GPT-4o spans)"),
                          retain=cmp.p.retain_set, method=configure(PALU), eval=cmp.epoch_sets(), select=RULE,
                          train=TrainConfig(epochs=cmp.epochs, batch_size=8, warmup_epochs=1, max_length=256))
-    cfg = SweepConfig(unlearn=base, space=SearchSpace(lr=[1e-4, 3e-3]), trials=budget,
+    cfg = SweepConfig(unlearn=base, space={"lr": [1e-4, 3e-3]}, trials=budget,
                       output_dir=str(cmp.out / "sweep"))
     found = run_sweep(cfg)
     trials = trial_counts(Path(cfg.output_dir))

@@ -1,7 +1,9 @@
 """`palu sweep`: find good unlearning settings in tens of runs, not a grid of thousands.
 
-A multi-objective Optuna study (TPE or NSGA-II) over learning rate, alpha, K and N maximises
-forget quality and utility together and returns their Pareto front. Every trial is an ordinary
+A multi-objective Optuna study (TPE or NSGA-II) over the learning rate and the method's own knobs
+(each method declares them beside its config: PALU's alpha, K and N, NPO's beta, ...; see
+:mod:`palu.methods.space`) maximises forget quality and utility together and returns their Pareto
+front. Every method is searched the same way, so a comparison can give each the same budget. Every trial is an ordinary
 unlearning run evaluated after each epoch; its values are those of its best epoch under the
 selection rule (:mod:`palu.train.selection`), or of its last epoch when no epoch keeps the
 utility floor. Pruning is per epoch and domain-specific: from the second epoch on, a trial stops
@@ -32,35 +34,13 @@ from palu.commands.unlearn import run_unlearn
 from palu.config import load_config, require
 from palu.errors import PaluError
 from palu.io import copy_file, write_json
+from palu.methods import get_method
+from palu.methods.space import Knob, search_space, typed_space
 from palu.runs import FRONT, START_EVAL, STUDY, Reuse, epoch_path, epoch_records, new_run, run_folder, trial_dir
 from palu.train.selection import UTILITY_FALLBACK, best_epoch, share_start, utility_floor
 
-HELP = "search PALU's lr, alpha, K and N for the forget-quality / utility Pareto front (Optuna)"
+HELP = "search a method's learning rate and own knobs for the forget-quality / utility Pareto front (Optuna)"
 RESUMABLE = False  # a sweep folder always resumes: its workers share it
-
-
-@dataclass
-class SearchSpace:
-    """The ranges searched: ``[low, high]`` on a log scale for lr and alpha, choices for K and N.
-
-    The defaults suit the tiny models of the demo; for 7B-scale models use lr around [1e-5, 5e-5]
-    (the official PALU grid spans 1e-5 to 5e-5, alpha 0.2 to 5, K 1 to 10,000, N 1 to 10).
-    """
-
-    lr: list[float] = field(default_factory=lambda: [1e-4, 1e-3])
-    alpha: list[float] = field(default_factory=lambda: [0.2, 5.0])
-    top_k: list[int] = field(default_factory=lambda: [1, 10, 50, 1000])
-    first_n: list[int] = field(default_factory=lambda: [1, 2, 3, 5, -1])
-
-    def __post_init__(self) -> None:
-        for name in ("lr", "alpha"):
-            bounds = getattr(self, name)
-            require(len(bounds) == 2 and 0 < bounds[0] <= bounds[1], name,
-                    "a range [low, high] with 0 < low <= high", bounds)
-        for name in ("top_k", "first_n"):
-            choices = getattr(self, name)
-            require(len(choices) > 0 and all(c >= 1 or c == -1 for c in choices), name,
-                    "a non-empty list of positive numbers (or -1 for all)", choices)
 
 
 @dataclass
@@ -68,6 +48,10 @@ class Config:
     """``palu sweep``: the base unlearning run (``unlearn.*``, with ``unlearn.eval`` set) and the search.
 
     Attributes:
+        space: bounds ``[low, high]`` or choices ``[a, b, ...]`` replacing the defaults of a searched
+            option (``space.lr=[1e-5,5e-5]``, ``space.top_k=[10,50]``); any other option of the
+            method may be added as a list of choices (``space.layer=[1,2,3]`` for RMU).
+            ``palu sweep --space`` lists each method's knobs with their defaults and sources.
         trials: runs in the study (resumed studies count the finished ones).
         sampler: "tpe" or "nsga2".
         prune_below: stop a trial whose utility is below this fraction of the starting model's and
@@ -75,7 +59,7 @@ class Config:
     """
 
     unlearn: unlearn.Config = field(default_factory=unlearn.Config)
-    space: SearchSpace = field(default_factory=SearchSpace)
+    space: dict[str, list] = field(default_factory=dict)
     trials: int = 30
     sampler: Literal["tpe", "nsga2"] = "tpe"
     seed: int = 0
@@ -88,8 +72,35 @@ class Config:
                             "sets and the retain model's results (unlearn.eval.forget.path=..., "
                             "unlearn.eval.retain_reference=RETAIN_RESULTS.json from `palu eval` of the retain model).")
         require(self.trials >= 1, "trials", "at least 1", self.trials)
-        if self.unlearn.method.name != "palu":
-            raise PaluError("the sweep searches PALU's lr, alpha, K and N; set unlearn.method.name=palu.")
+        self.space = typed_space(self.unlearn.method, self.space)
+        for name, knob in self.knobs().items():  # every bound and choice must make a valid run
+            for value in (knob.low, knob.high) if knob.is_range else knob.choices:
+                try:
+                    self.settings({name: value})
+                except PaluError as exc:
+                    raise PaluError(f"space.{name}: {value!r} is not a valid setting ({exc})") from None
+
+    def knobs(self) -> dict[str, Knob]:
+        """The searched options: the learning rate and the method's knobs, with ``space`` on top."""
+        method = self.unlearn.method
+        return search_space(get_method(method.name).space, method, self.space)
+
+    def settings(self, values: dict) -> unlearn.Config:
+        """The base run with the drawn ``values`` (``lr`` and method options) in place."""
+        values = dict(values)
+        train = replace(self.unlearn.train, lr=values.pop("lr")) if "lr" in values else self.unlearn.train
+        return replace(self.unlearn, method=replace(self.unlearn.method, **values), train=train)
+
+
+def space_table() -> str:
+    """Every method's searched options with their default bounds or choices and their sources."""
+    from palu.methods import METHODS
+
+    lines = []
+    for name in METHODS.names():
+        knobs = search_space(METHODS[name].space, METHODS[name].config(), {})
+        lines += [name, *(f"  {knob_name:<15} {knob.describe()}" for knob_name, knob in knobs.items())]
+    return "\n".join(lines)
 
 
 class UtilityCollapsed(Exception):
@@ -124,15 +135,13 @@ def _search(cfg: Config, out: Path, progress: bool) -> list[dict]:
     study.sampler = _sampler(cfg.sampler, cfg.seed + len(study.trials))
     rule, utility = cfg.unlearn.select, cfg.unlearn.select.utility
 
+    knobs = cfg.knobs()
+
     def objective(trial) -> tuple[float, float]:
-        space = cfg.space
-        method = replace(cfg.unlearn.method, alpha=trial.suggest_float("alpha", *space.alpha, log=True),
-                         top_k=trial.suggest_categorical("top_k", space.top_k),
-                         first_n=trial.suggest_categorical("first_n", space.first_n))
-        train = replace(cfg.unlearn.train, lr=trial.suggest_float("lr", *space.lr, log=True))
         run = trial_dir(out, trial.number)
         start_trial(run, out / START_EVAL)
-        run_cfg = replace(cfg.unlearn, method=method, train=train, output_dir=str(run))
+        drawn = {name: knob.suggest(trial, name) for name, knob in knobs.items()}
+        run_cfg = replace(cfg.settings(drawn), output_dir=str(run))
         try:
             run_unlearn(run_cfg, resume=True, progress=progress, stop=lambda records: _prune(records, utility,
                                                                                              cfg.prune_below))
@@ -209,15 +218,24 @@ def _prune(records: list[dict], utility: str, fraction: float) -> None:
 
 
 def pareto_table(front: list[dict]) -> str:
-    """The Pareto front as a plain-text table, best forget quality first."""
-    header = (f"{'trial':>5}  {'epoch':>5}  {'forget quality':>14}  {'utility':>8}  {'lr':>9}  {'alpha':>6}  "
-              f"{'K':>5}  {'N':>3}")
-    rows = [f"{r['trial']:>5}  {r['epoch']:>5}  {r['forget_quality']:>14.4g}  {r['utility']:>8.4f}  {r['lr']:>9.2e}  "
-            f"{r['alpha']:>6.3g}  {r['top_k']:>5}  {r['first_n']:>3}" for r in front]
+    """The Pareto front as a plain-text table, best forget quality first, with each trial's settings."""
+    names = list(dict.fromkeys(k for r in front for k in r if k not in ("trial", "epoch", "forget_quality", "utility")))
+    show = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
+    header = f"{'trial':>5}  {'epoch':>5}  {'forget quality':>14}  {'utility':>8}" + "".join(f"  {n:>9}" for n in names)
+    rows = [f"{r['trial']:>5}  {r['epoch']:>5}  {r['forget_quality']:>14.4g}  {r['utility']:>8.4f}"
+            + "".join(f"  {show(r.get(n, '')):>9}" for n in names) for r in front]
     return "\n".join([header, *rows])
 
 
+def arguments(parser) -> None:
+    parser.add_argument("--space", action="store_true", help="list each method's searched options and exit")
+
+
 def main(args) -> str:
+    if args.space:
+        return space_table()
+    # `method=npo` / `method.beta=...` address the base run's method, as in `palu unlearn`
+    args.overrides = [f"unlearn.{o}" if o.startswith(("method=", "method.")) else o for o in args.overrides]
     cfg = load_config(Config, args.config, args.overrides)
     front = run_sweep(cfg, args.overwrite, not args.quiet, args.allow_config_change)
     return f"{pareto_table(front)}\n\nthe study and every trial are in {Path(cfg.output_dir).resolve()}"

@@ -22,6 +22,7 @@ from palu.config import Choice, require
 from palu.data.labels import IGNORE_INDEX
 from palu.data.qa import QAItem
 from palu.methods.head import Head, head_loss_sum
+from palu.methods.space import Knob
 from palu.registry import Registry
 
 
@@ -212,7 +213,8 @@ class Method:
     ``prepare(config, model, forget_items, seed) -> Setup`` (optional) declares what the method
     needs built once before training beyond the forget/retain batches (see :class:`Setup`);
     ``palu.train.unlearn`` builds it. ``uses_spans``: the loss reads the sensitive spans, so forget
-    items without any are worth a warning.
+    items without any are worth a warning. ``space``: the options ``palu sweep`` searches besides the
+    learning rate (see :mod:`palu.methods.space`).
     """
 
     name: str
@@ -220,6 +222,7 @@ class Method:
     loss: Callable
     prepare: Callable | None = None
     uses_spans: bool = False
+    space: dict[str, Knob] = field(default_factory=dict)
 
 
 METHODS: Registry[Method] = Registry("method")

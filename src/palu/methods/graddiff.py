@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from palu.methods.common import Head, Method, WeightedOptions, answer_nll, register, weighted_total
+from palu.methods.space import Knob
 
 
 @dataclass
@@ -23,4 +24,6 @@ def graddiff_loss(model, batch: dict, ref_head: Head, cfg: GradDiffConfig) -> di
     return weighted_total(model, batch, ref_head, -answer_nll(model, batch["forget"]), cfg)
 
 
-register(Method("graddiff", GradDiffConfig, graddiff_loss))
+SPACE = {"alpha": Knob(0.1, 10.0, source="around open-unlearning's 1")}
+
+register(Method("graddiff", GradDiffConfig, graddiff_loss, space=SPACE))

@@ -25,6 +25,7 @@ from palu.methods.common import (
     register,
     weighted_total,
 )
+from palu.methods.space import Knob
 
 REFUSALS = (
     "I don't know.",
@@ -77,4 +78,6 @@ def idkdpo_loss(model, batch: dict, ref_head: Head, cfg: IdkDPOConfig) -> dict[s
     return weighted_total(model, batch, ref_head, preference_loss(margin, cfg.beta), cfg)
 
 
-register(Method("idkdpo", IdkDPOConfig, idkdpo_loss, idkdpo_prepare))
+SPACE = {"beta": Knob(0.05, 1.0, source="around open-unlearning's 0.1")}
+
+register(Method("idkdpo", IdkDPOConfig, idkdpo_loss, idkdpo_prepare, space=SPACE))

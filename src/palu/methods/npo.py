@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from palu.methods.common import Head, Method, WeightedOptions, log_ratio, preference_loss, register, weighted_total
+from palu.methods.space import Knob
 
 
 @dataclass
@@ -34,4 +35,6 @@ def npo_loss(model, batch: dict, ref_head: Head, cfg: NPOConfig) -> dict[str, to
     return weighted_total(model, batch, ref_head, forget, cfg)
 
 
-register(Method("npo", NPOConfig, npo_loss))
+SPACE = {"beta": Knob(0.05, 1.0, source="around NPO's and open-unlearning's 0.1")}
+
+register(Method("npo", NPOConfig, npo_loss, space=SPACE))

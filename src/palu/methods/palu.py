@@ -25,6 +25,7 @@ from palu.methods.common import (
     retain_loss,
 )
 from palu.methods.head import head_loss_sum, ref_argmax
+from palu.methods.space import Knob
 
 
 @dataclass
@@ -105,4 +106,10 @@ def palu_loss(model, batch: dict, ref_head: Head, cfg: PaluConfig) -> dict[str, 
     return {"loss": total, "forget": sens.detach(), "ordinary": ord_.detach(), "retain": ret.detach()}
 
 
-register(Method("palu", PaluConfig, palu_loss, uses_spans=True))
+SPACE = {
+    "alpha": Knob(0.2, 5.0, source="the official PALU grid: 0.2 to 5"),
+    "top_k": Knob(choices=(1, 10, 50, 1000), source="the official PALU grid: K 1 to 10,000"),
+    "first_n": Knob(choices=(1, 2, 3, 5, -1), source="the official PALU grid: N 1 to 10; -1: every token of a run"),
+}
+
+register(Method("palu", PaluConfig, palu_loss, uses_spans=True, space=SPACE))

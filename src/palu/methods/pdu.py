@@ -23,6 +23,7 @@ from palu.methods.common import (
     register,
     retain_loss,
 )
+from palu.methods.space import Knob
 
 
 @dataclass
@@ -82,4 +83,7 @@ def pdu_loss(model, batch: dict, ref_head: Head, cfg: PDUConfig, multiplier: Mul
     return {"loss": total, "forget": flat.detach(), "retain": ret.detach(), "lambda_r": torch.tensor(used)}
 
 
-register(Method("pdu", PDUConfig, pdu_loss, pdu_prepare))
+SPACE = {"eps": Knob(0.05, 2.0, source="the retain-loss bound: near the original model's retain NLL, "
+                                      "about 0.1 for tiny models and 1 to 2 for pretrained ones")}
+
+register(Method("pdu", PDUConfig, pdu_loss, pdu_prepare, space=SPACE))

@@ -26,6 +26,7 @@ from palu.methods.common import (
     register,
     sequence_means,
 )
+from palu.methods.space import Knob
 
 WMDP_LAYER = 7
 
@@ -112,4 +113,6 @@ def rmu_loss(model, batch: dict, ref_head: Head, cfg: RMUConfig, layer: int,
     return {"loss": forget_term + cfg.alpha * ret, "forget": forget_term.detach(), "retain": ret.detach()}
 
 
-register(Method("rmu", RMUConfig, rmu_loss, rmu_prepare))
+SPACE = {"steering_coeff": Knob(1.0, 50.0, source="WMDP: 6.5 on Zephyr-7B; open-unlearning: 20")}
+
+register(Method("rmu", RMUConfig, rmu_loss, rmu_prepare, space=SPACE))

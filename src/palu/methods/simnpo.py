@@ -19,6 +19,7 @@ from palu.methods.common import (
     sequence_logprob,
     weighted_total,
 )
+from palu.methods.space import Knob
 
 
 @dataclass
@@ -47,4 +48,9 @@ def simnpo_loss(model, batch: dict, ref_head: Head, cfg: SimNPOConfig) -> dict[s
     return weighted_total(model, batch, ref_head, preference_loss(per_token_nll - cfg.delta, cfg.beta), cfg)
 
 
-register(Method("simnpo", SimNPOConfig, simnpo_loss))
+SPACE = {
+    "beta": Knob(1.0, 6.0, source="around SimNPO's 4.5 on TOFU"),
+    "delta": Knob(0.0, 2.0, log=False, source="SimNPO's reward margin: 0 on TOFU, up to 2 nats per token"),
+}
+
+register(Method("simnpo", SimNPOConfig, simnpo_loss, space=SPACE))

@@ -27,6 +27,7 @@ from palu.methods.common import (
     sequence_sums,
     token_nll,
 )
+from palu.methods.space import Knob
 
 
 @dataclass
@@ -72,4 +73,6 @@ def tpo_loss(model, batch: dict, ref_head: Head, cfg: TPOConfig) -> dict[str, to
     return {"loss": sens + ord_ + ret, "forget": sens.detach(), "ordinary": ord_.detach(), "retain": ret.detach()}
 
 
-register(Method("tpo", TPOConfig, tpo_loss, uses_spans=True))
+SPACE = {"beta": Knob(0.1, 0.5, source="TPO's tuned 0.19 to 0.32")}
+
+register(Method("tpo", TPOConfig, tpo_loss, uses_spans=True, space=SPACE))

@@ -22,6 +22,7 @@ from palu.methods.common import (
     token_nll,
     weighted_total,
 )
+from palu.methods.space import Knob
 
 
 @dataclass
@@ -47,4 +48,6 @@ def wga_loss(model, batch: dict, ref_head: Head, cfg: WGAConfig) -> dict[str, to
     return weighted_total(model, batch, ref_head, -mean_or_zero(weight * ce, ce), cfg)
 
 
-register(Method("wga", WGAConfig, wga_loss))
+SPACE = {"beta": Knob(0.1, 5.0, source="around open-unlearning's 1")}
+
+register(Method("wga", WGAConfig, wga_loss, space=SPACE))
