@@ -40,7 +40,7 @@ from palu.eval.metrics import (
     truth_ratio,
 )
 from palu.eval.scoring import generate, multi_answer_nll, nll_and_accuracy, score_answers
-from palu.eval.tofu import evaluate_tofu
+from palu.eval.tofu import PARTS, evaluate_tofu, parts_for
 from palu.io import read_json, write_json
 from palu.models import train_bpe_tokenizer
 
@@ -395,6 +395,38 @@ def test_evaluate_tofu_full_suite(tiny):
     assert again["forget_quality"]["agg_value"] == pytest.approx(1.0)  # the model is its own retain model
     assert again["privleak"]["agg_value"] == pytest.approx(0.0, abs=1e-6)
     assert "model_utility" not in again and "retain_Q_A_Prob" not in again
+
+
+@pytest.mark.parametrize("metrics, parts", [
+    (["forget_quality", "model_utility"], {"forget_truth", "retain", "real_authors", "world_facts"}),
+    (["forget_quality", "model_utility", "retain_Q_A_Prob"], {"forget_truth", "retain", "real_authors", "world_facts"}),
+    (["forget_Q_A_Prob", "retain_Q_A_Prob"], {"forget_answers", "retain"}),
+    (["privleak", "fluency_token_prob", "ra_Q_A_Prob_normalised"], {"mia", "forget_generations", "real_authors"}),
+    (["exact_memorization", "lm-eval/mmlu/acc"], {"forget_answers"}),
+    (None, set(PARTS)),
+])
+def test_each_metric_asks_only_the_part_of_the_suite_that_gives_it(metrics, parts):
+    assert parts_for(metrics) == parts
+
+
+def test_the_suite_in_parts_gives_the_whole_suite_s_values(tiny):
+    """What the evaluation after each epoch computes (the selection rule's metrics), then the rest: together,
+    exactly the whole suite's results, value for value."""
+    tok, model = tiny
+    retain = [QAItem(it.question, it.answer, paraphrased_answer=it.answer + " Yes.", perturbed_answers=["No."],
+                     source=it.source) for it in _retain_items()]
+    sets = {"forget": _items(), "retain": retain, "real_authors": _general_items(), "world_facts": _general_items(),
+            "holdout": _holdout_items()}
+    opts = dict(batch_size=2, max_new_tokens=4, fluency_model=model)
+    reference = json.loads(json.dumps(evaluate_tofu(model, tok, sets, PROMPT, **opts)))
+    whole = evaluate_tofu(model, tok, sets, PROMPT, retain_reference=reference, **opts)
+    lean = evaluate_tofu(model, tok, sets, PROMPT, retain_reference=reference,
+                         metrics={"forget_quality", "model_utility", "retain_Q_A_Prob"}, **opts)
+    assert {"forget_quality", "model_utility", "forget_truth_ratio"} <= set(lean)
+    assert not {"forget_Q_A_ROUGE", "forget_Q_A_Prob", "mia_min_k", "privleak", "fluency_distinct_2"} & set(lean)
+    rest = evaluate_tofu(model, tok, sets, PROMPT, retain_reference=reference, metrics=set(whole) - set(lean), **opts)
+    assert not set(lean) & set(rest)
+    assert json.dumps({**lean, **rest}, sort_keys=True) == json.dumps(whole, sort_keys=True)
 
 
 def test_evaluate_tofu_refuses_bad_sets(tiny):

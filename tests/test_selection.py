@@ -66,3 +66,38 @@ def test_evaluator_records_saves_the_best_and_resumes(monkeypatch, tmp_path):
     assert json.loads((tmp_path / "best.json").read_text())["epoch"] == 1
     with pytest.raises(StopIteration):
         next(scores)
+
+
+def test_epochs_compute_what_the_rule_reads_and_the_best_one_the_rest(monkeypatch, tmp_path):
+    """After each epoch only the rule's metrics; an epoch that becomes the best gets what the start has."""
+    values = {1: (0.3, 0.59), 2: (0.1, 0.58), 3: (0.5, 0.3)}
+    calls = []
+
+    def fake_eval(model, *args, metrics=None, **kwargs):
+        calls.append((model, None if metrics is None else sorted(metrics)))
+        fq, mu = values.get(model, (1e-4, 0.6))
+        everything = {"forget_quality": fq, "model_utility": mu, "retain_Q_A_Prob": mu, "forget_Q_A_ROUGE": fq / 2,
+                      "privleak": -fq}
+        return {k: {"agg_value": v} for k, v in everything.items() if metrics is None or k in metrics}
+
+    monkeypatch.setattr("palu.train.selection.evaluate_tofu", fake_eval)
+    monkeypatch.setattr("palu.train.selection.save_model", lambda *args: None)
+    ev = EpochEvaluator(FakeTokenizer(), {}, None, None, tmp_path, SelectionRule())
+    ev.evaluate(0, 0)
+    rule_reads = ["forget_quality", "model_utility", "retain_Q_A_Prob"]
+    assert ev(1, 1) == {"forget_quality": 0.3, "model_utility": 0.59, "retain_Q_A_Prob": 0.59,
+                        "forget_Q_A_ROUGE": 0.15, "privleak": -0.3}  # the best so far: complete
+    assert calls[1:] == [(1, rule_reads), (1, ["forget_Q_A_ROUGE", "privleak"])]
+    ev(2, 2)  # worse: the rule's metrics only
+    ev(3, 3)  # better, but below the utility floor: not the best
+    assert calls[3:] == [(2, rule_reads), (3, rule_reads)]
+    on_disk = json.loads((tmp_path / "eval" / "epoch-1.json").read_text())
+    assert on_disk["summary"]["forget_Q_A_ROUGE"] == 0.15 and set(on_disk["results"]) == set(on_disk["summary"]) - {
+        "epoch"}
+    assert "privleak" not in json.loads((tmp_path / "eval" / "epoch-2.json").read_text())["summary"]
+
+    calls.clear()
+    whole = EpochEvaluator(FakeTokenizer(), {}, None, None, tmp_path / "all", SelectionRule(), every_epoch="all")
+    whole.evaluate(0, 0)
+    whole(1, 1)
+    assert [m for _, m in calls] == [None, None]

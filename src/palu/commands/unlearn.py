@@ -77,7 +77,8 @@ def run_unlearn(cfg: Config, overwrite: bool = False, resume: bool = False, prog
         if cfg.eval is not None:
             reference = read_json(cfg.eval.retain_reference) if cfg.eval.retain_reference else None
             evaluator = EpochEvaluator(tok, eval_sets(cfg.eval, cfg.synthetic), cfg.prompt, reference, out,
-                                       cfg.select, stop=stop, harness=cfg.eval.lm_eval, **cfg.eval.options())
+                                       cfg.select, stop=stop, harness=cfg.eval.lm_eval,
+                                       every_epoch=cfg.eval.every_epoch, **cfg.eval.options())
             evaluator.evaluate(0, model)
         history = unlearn(model, tok, forget, retain, cfg.method.name, cfg.method, cfg.train, cfg.prompt, out, resume,
                           on_epoch_end=evaluator, progress=progress)

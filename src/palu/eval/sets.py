@@ -36,6 +36,9 @@ class EvalSets:
         fluency_model: a model sharing the evaluated model's tokenizer (the retain model, say) that
             scores the fluency of the forget generations; without it only the model-free fluency
             measures are reported.
+        every_epoch: what the evaluation after each unlearning epoch computes: "selection" (what the
+            selection rule reads; the whole suite on the starting model and on each epoch that
+            becomes the best, so the selected epoch's record is complete) or "all" (the whole suite).
     """
 
     forget: DataSource = field(default_factory=lambda: synthetic("forget"))
@@ -50,6 +53,7 @@ class EvalSets:
     questions: Literal["original", "paraphrased"] = "original"
     fluency_model: str | None = None
     lm_eval: HarnessTasks | None = None
+    every_epoch: Literal["selection", "all"] = "selection"
 
     def options(self) -> dict:
         return {"batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens, "max_length": self.max_length}

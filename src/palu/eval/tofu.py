@@ -9,13 +9,17 @@ Forget quality and privleak compare with the retain model: pass the results of t
 the retain model (or the JSON they were saved to, or an open-unlearning TOFU_EVAL.json) as
 ``retain_reference``; without it they are None (unavailable), never a made-up 0.
 
+``metrics`` limits the work to what some metrics need (the evaluation after every unlearning
+epoch computes only what its selection rule reads); each value is then the one the full suite
+gives, from the same calls on the same batches.
+
 The scores keep open-unlearning's 1e-10 guards (``OPEN_UNLEARNING_EPS``), so that given the same
 per-item losses palu's aggregates are the reference implementation's to the last digit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from functools import partial
 
 from palu.data.prompts import PromptConfig
@@ -47,12 +51,39 @@ SETS = ("forget", "retain", "real_authors", "world_facts", "holdout")
 PREFIX = {"forget": "forget", "retain": "retain", "real_authors": "ra", "world_facts": "wf"}  # metric-name prefixes
 GENERAL = ("real_authors", "world_facts")  # general knowledge: truth ratio against the answer itself
 MIA_K = 0.4
+# The suite's parts: forget answers (Prob, EM, ES), forget generations (ROUGE, fluency), forget truth
+# ratio (and forget quality), the MIAs (and privleak), and each of the other sets whole.
+PARTS = ("forget_answers", "forget_generations", "forget_truth", "mia", "retain", *GENERAL)
+QA_PARTS = ("prob", "rouge", "truth")
+
+
+def parts_for(metrics: Collection[str] | None) -> set[str]:
+    """The parts of the suite that give ``metrics`` (all parts for None; names of other suites are ignored)."""
+    if metrics is None:
+        return set(PARTS)
+    parts = set()
+    for name in metrics:
+        if name == "model_utility":
+            parts |= {"retain", *GENERAL}
+        elif name in ("forget_truth_ratio", "forget_quality"):
+            parts.add("forget_truth")
+        elif name == "forget_Q_A_ROUGE" or name.startswith("fluency_"):
+            parts.add("forget_generations")
+        elif name.startswith("mia_") or name == "privleak":
+            parts.add("mia")
+        elif name in ("forget_Q_A_Prob", "exact_memorization", "extraction_strength"):
+            parts.add("forget_answers")
+        else:
+            parts |= {split for split, prefix in PREFIX.items() if split != "forget" and name.startswith(f"{prefix}_")}
+    return parts
 
 
 def evaluate_tofu(model, tokenizer, sets: Mapping[str, Sequence[QAItem]], prompt: PromptConfig,
                   retain_reference: Mapping | None = None, batch_size: int = 16, max_new_tokens: int = 200,
-                  max_length: int = 512, progress: bool = False, fluency_model=None) -> dict[str, dict]:
-    """Every TOFU metric the given ``sets`` (names in ``SETS``) allow; metric name -> result.
+                  max_length: int = 512, progress: bool = False, fluency_model=None,
+                  metrics: Collection[str] | None = None) -> dict[str, dict]:
+    """Every TOFU metric the given ``sets`` (names in ``SETS``) allow, or only the parts of the suite
+    that give ``metrics`` (see :func:`parts_for`); metric name -> result.
 
     The forget generations' fluency is measured too (:mod:`palu.eval.fluency`); its token
     probability needs ``fluency_model``, a model sharing ``tokenizer`` (the retain model, say).
@@ -72,19 +103,26 @@ def evaluate_tofu(model, tokenizer, sets: Mapping[str, Sequence[QAItem]], prompt
     gen = partial(generate, model, tokenizer, prompt=prompt, max_new_tokens=max_new_tokens, batch_size=batch_size,
                   progress=progress)
 
+    parts = parts_for(metrics)
+    mia = "holdout" in sets and "mia" in parts
     results: dict[str, dict] = {}
     if "forget" in sets:
-        forget = score(sets["forget"], vocab_stats="holdout" in sets)
-        results.update(_qa_metrics("forget", sets["forget"], forget, score, multi, gen))
-        results["exact_memorization"] = mean_result("exact_memorization", forget.accuracy)
-        results["extraction_strength"] = mean_result("extraction_strength",
-                                                     [extraction_strength(t.hit) for t in forget.tokens])
-        generations = [v["generation"] for v in results["forget_Q_A_ROUGE"]["value_by_index"].values()]
-        results.update(fluency(generations, fluency_model, tokenizer, batch_size, progress=progress))
+        forget_parts = {"prob"} if "forget_answers" in parts else set()
+        forget_parts |= {"rouge"} if "forget_generations" in parts else set()
+        forget_parts |= {"truth"} if "forget_truth" in parts else set()
+        forget = score(sets["forget"], vocab_stats="holdout" in sets) if "prob" in forget_parts or mia else None
+        results.update(_qa_metrics("forget", sets["forget"], forget, score, multi, gen, forget_parts))
+        if "forget_answers" in parts:
+            results["exact_memorization"] = mean_result("exact_memorization", forget.accuracy)
+            results["extraction_strength"] = mean_result("extraction_strength",
+                                                         [extraction_strength(t.hit) for t in forget.tokens])
+        if "forget_generations" in parts:
+            generations = [v["generation"] for v in results["forget_Q_A_ROUGE"]["value_by_index"].values()]
+            results.update(fluency(generations, fluency_model, tokenizer, batch_size, progress=progress))
     for name in ("retain", *GENERAL):
-        if name in sets:
+        if name in sets and name in parts:
             results.update(_qa_metrics(name, sets[name], score(sets[name]), score, multi, gen))
-    if "holdout" in sets:
+    if mia:
         on_forget = mia_scores(sets["forget"], forget)
         on_holdout = mia_scores(sets["holdout"], score(sets["holdout"], vocab_stats=True))
         for name, scores in on_forget.items():
@@ -93,21 +131,29 @@ def evaluate_tofu(model, tokenizer, sets: Mapping[str, Sequence[QAItem]], prompt
     return results
 
 
-def _qa_metrics(split: str, items: Sequence[QAItem], scores: AnswerScores, score, multi, gen) -> dict[str, dict]:
+def _qa_metrics(split: str, items: Sequence[QAItem], scores: AnswerScores | None, score, multi, gen,
+                parts: Collection[str] = QA_PARTS) -> dict[str, dict]:
+    """A QA set's Prob (with ``scores``, the answers' scores), ROUGE and truth ratio: the ``parts`` asked.
+    General-knowledge sets are always scored whole: their normalised Prob needs the wrong answers."""
     p = PREFIX[split]
     general = split in GENERAL
-    prob = answer_prob(scores.nll)
-    out = {f"{p}_Q_A_Prob": mean_result(f"{p}_Q_A_Prob", prob)}
-    wrong = _wrong_nll(items, multi, with_paraphrase=not general)
-    if general:
-        norm = None if wrong is None else normalised_prob(prob, [answer_prob(w) for w in wrong], OPEN_UNLEARNING_EPS)
-        out[f"{p}_Q_A_Prob_normalised"] = mean_result(f"{p}_Q_A_Prob_normalised", norm)
-    out[f"{p}_Q_A_ROUGE"] = rouge_result(f"{p}_Q_A_ROUGE", gen(items), [item.answer for item in items])
-    tr = None
-    if wrong is not None:
-        correct = scores.nll if general else score(items, answers=[item.paraphrased_answer for item in items]).nll
-        tr = truth_ratio(correct, wrong, OPEN_UNLEARNING_EPS)
-    out[f"{p}_truth_ratio"] = truth_ratio_result(f"{p}_truth_ratio", tr, OPEN_UNLEARNING_EPS)
+    out = {}
+    wrong = _wrong_nll(items, multi, with_paraphrase=not general) if "truth" in parts or general else None
+    if "prob" in parts:
+        prob = answer_prob(scores.nll)
+        out[f"{p}_Q_A_Prob"] = mean_result(f"{p}_Q_A_Prob", prob)
+        if general:
+            norm = None if wrong is None else normalised_prob(prob, [answer_prob(w) for w in wrong],
+                                                              OPEN_UNLEARNING_EPS)
+            out[f"{p}_Q_A_Prob_normalised"] = mean_result(f"{p}_Q_A_Prob_normalised", norm)
+    if "rouge" in parts:
+        out[f"{p}_Q_A_ROUGE"] = rouge_result(f"{p}_Q_A_ROUGE", gen(items), [item.answer for item in items])
+    if "truth" in parts:
+        tr = None
+        if wrong is not None:
+            correct = scores.nll if general else score(items, answers=[item.paraphrased_answer for item in items]).nll
+            tr = truth_ratio(correct, wrong, OPEN_UNLEARNING_EPS)
+        out[f"{p}_truth_ratio"] = truth_ratio_result(f"{p}_truth_ratio", tr, OPEN_UNLEARNING_EPS)
     return out
 
 

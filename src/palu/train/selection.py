@@ -5,6 +5,12 @@ utility stays at or above ``utility_floor`` times the starting model's, take the
 ``metric`` (its direction comes from the metric registry); ties go to the earliest epoch. Utility
 is ``model_utility`` when the evaluation has the sets for it, else ``retain_Q_A_Prob``.
 The best epoch's model is saved in ``<run>/best/`` beside the last one, with ``best.json``.
+
+After every epoch only what the rule reads is computed by default (``eval.every_epoch=selection``):
+its metric and utility. The rest of the suite (forget ROUGE, fluency, the MIAs, lm-eval tasks the
+rule does not read) runs on the starting model and on each epoch that becomes the best so far, so
+the selected epoch's record is as complete as the starting model's, with the same values the whole
+suite gives, at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ from pathlib import Path
 
 from palu.data.prompts import PromptConfig
 from palu.eval.core import summary
+from palu.eval.harness import PREFIX as HARNESS_PREFIX
 from palu.eval.harness import HarnessTasks, evaluate_harness
 from palu.eval.metrics import get_metric
 from palu.eval.tofu import evaluate_tofu
-from palu.io import copy_file, write_json
+from palu.io import copy_file, read_json, write_json
 from palu.runs import BEST_DIR, BEST_RECORD, epoch_path, epoch_records, save_model
 
 log = logging.getLogger(__name__)
@@ -74,33 +81,57 @@ class EpochEvaluator:
 
     Per-epoch results go to ``<run>/eval/epoch-<n>.json``; a resumed run reads them back, so the
     selection sees every epoch. ``stop(records)`` may raise to end training early (a sweep's pruning).
+    ``every_epoch``: "selection" computes after each epoch only what the rule reads, and the rest
+    when the epoch becomes the best so far; "all" computes the whole suite after every epoch.
     """
 
     def __init__(self, tokenizer, sets: dict, prompt: PromptConfig, reference: dict | None, run: Path,
                  rule: SelectionRule, progress: bool = False, stop: Callable[[list[dict]], None] | None = None,
-                 harness: HarnessTasks | None = None, **eval_options):
+                 harness: HarnessTasks | None = None, every_epoch: str = "selection", **eval_options):
         self.tokenizer, self.sets, self.prompt, self.reference, self.stop = tokenizer, sets, prompt, reference, stop
-        self.harness = harness
+        self.harness, self.every_epoch = harness, every_epoch
         self.run, self.rule, self.progress, self.options = Path(run), rule, progress, eval_options
         self.records = epoch_records(self.run)
+
+    def _results(self, model, metrics: set[str] | None) -> dict:
+        """The suite's results on ``model``: all of them (None), or those that give ``metrics``."""
+        results = evaluate_tofu(model, self.tokenizer, self.sets, self.prompt, self.reference,
+                                progress=self.progress, metrics=metrics, **self.options)
+        if self.harness is not None and (metrics is None or any(m.startswith(HARNESS_PREFIX) for m in metrics)):
+            results.update(evaluate_harness(model, self.tokenizer, self.harness))
+        return results
+
+    def _write(self, epoch: int, results: dict) -> dict:
+        record = {"epoch": epoch, **summary(results)}
+        write_json(epoch_path(self.run, epoch), {"summary": record, "results": results})
+        self.records = [r for r in self.records if r["epoch"] != epoch] + [record]
+        self.records.sort(key=lambda r: r["epoch"])
+        return record
 
     def evaluate(self, epoch: int, model) -> dict:
         done = next((r for r in self.records if r["epoch"] == epoch), None)
         if done is not None:
             return done
-        results = evaluate_tofu(model, self.tokenizer, self.sets, self.prompt, self.reference,
-                                progress=self.progress, **self.options)
-        if self.harness is not None:
-            results.update(evaluate_harness(model, self.tokenizer, self.harness))
-        record = {"epoch": epoch, **summary(results)}
-        write_json(epoch_path(self.run, epoch), {"summary": record, "results": results})
-        self.records.append(record)
-        return record
+        lean = epoch > 0 and self.every_epoch == "selection"
+        return self._write(epoch, self._results(model, {self.rule.metric, self.rule.utility, UTILITY_FALLBACK}
+                                                 if lean else None))
+
+    def complete(self, epoch: int, model) -> dict:
+        """``epoch``'s record with the metrics the starting model has and it lacks computed on ``model``."""
+        record = next(r for r in self.records if r["epoch"] == epoch)
+        start = next((r for r in self.records if r["epoch"] == 0), None)
+        missing = None if start is None else set(start) - set(record)
+        if missing == set():
+            return record
+        results = read_json(epoch_path(self.run, epoch))["results"]
+        results.update(self._results(model, missing))
+        return self._write(epoch, results)
 
     def __call__(self, epoch: int, model) -> dict:
         record = self.evaluate(epoch, model)
         best = best_epoch(self.records, self.rule)
         if best is not None and best["epoch"] == epoch:
+            best = record = self.complete(epoch, model)
             save_model(self.run / BEST_DIR, model, self.tokenizer)  # a PEFT model saves its adapter
             write_json(self.run / BEST_RECORD, {"rule": vars(self.rule), **best})
             log.info("epoch %d is the best so far by %s; saved to %s", epoch, self.rule.metric, self.run / BEST_DIR)
