@@ -31,6 +31,7 @@ from palu.annotate import annotate
 from palu.data.loaders import DataSource, load_qa
 from palu.data.prompts import PromptConfig
 from palu.eval.core import summary
+from palu.eval.suites import tofu_suite
 from palu.eval.tofu import evaluate_tofu
 from palu.methods.palu import PaluConfig
 from palu.models import load_model, load_tokenizer
@@ -77,7 +78,8 @@ def main() -> None:
     for name, items in span_sets.items():
         model = copy.deepcopy(base)
         with tempfile.TemporaryDirectory() as tmp:
-            every_epoch = EpochEvaluator(tok, sets, PromptConfig(), reference, Path(tmp), rule, **opts)
+            every_epoch = EpochEvaluator(tofu_suite(tok, sets, PromptConfig(), reference, **opts), tok, Path(tmp), rule,
+                                         every_epoch="all")
             every_epoch.records.append(start_record)  # the same model each run starts from: evaluated once
             unlearn(model, tok, items, retain_items, "palu", PaluConfig(top_k=50, first_n=3, alpha=args.alpha), cfg,
                     PromptConfig(), Path(tmp), on_epoch_end=every_epoch, progress=False)

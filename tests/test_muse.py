@@ -18,7 +18,7 @@ from palu.config import build
 from palu.errors import PaluError
 from palu.eval import muse
 from palu.eval.metrics import METRICS, rouge_l
-from palu.eval.muse import FILES, MuseData, evaluate_muse, knowmem_prompt, load_muse, rouge_f1_result
+from palu.eval.muse import FILES, MuseData, evaluate_muse, knowmem_prompt_text, load_muse, rouge_f1_result
 from palu.eval.scoring import generate_text, text_logprobs
 from palu.io import read_json
 from palu.models import train_bpe_tokenizer
@@ -40,7 +40,7 @@ TEXTS = ["The council met on Monday.\nIt agreed to build a new library in the to
 def tiny(tiny_model):
     """A tiny Llama fitted a little to few-shot QA text, so that its continuations hold newlines."""
     torch.set_num_threads(1)
-    shots = [knowmem_prompt(q, ICL) + a + "\n\n" for q, a in QA]
+    shots = [knowmem_prompt_text(q, ICL) + a + "\n\n" for q, a in QA]
     tok = train_bpe_tokenizer(shots + TEXTS, vocab_size=300)
     model = tiny_model(tok)
     ids = [tok(t).input_ids for t in shots]
@@ -73,7 +73,7 @@ def _slow_logprobs(model, tok, text):
 
 def test_generate_text_is_batch_invariant_greedy_and_stops_at_newline(tiny):
     tok, model = tiny
-    prompts = [knowmem_prompt(q, ICL) for q, _ in QA] + TEXTS[:2]
+    prompts = [knowmem_prompt_text(q, ICL) for q, _ in QA] + TEXTS[:2]
     assert len({len(tok(p).input_ids) for p in prompts}) > 1  # padding is exercised
     free = generate_text(model, tok, prompts, max_new_tokens=12, batch_size=1)
     assert free == generate_text(model, tok, prompts, max_new_tokens=12, batch_size=4)
@@ -121,7 +121,7 @@ def test_rouge_l_f1_and_measures():
 
 
 def test_knowmem_prompt_is_muse_format():
-    assert knowmem_prompt("Q?", ICL) == ("Question: When did the strike end?\nAnswer: In March\n\n"
+    assert knowmem_prompt_text("Q?", ICL) == ("Question: When did the strike end?\nAnswer: In March\n\n"
                                          "Question: Who runs the museum?\nAnswer: A charity\n\nQuestion: Q?\nAnswer: ")
 
 
@@ -172,9 +172,9 @@ def test_evaluate_muse_matches_plain_computation(tiny):
     assert len(tok(LONG_GT).input_ids) > 128 and LONG_GT.startswith(short) and len(short) < len(LONG_GT)
     cases = {"forget_verbmem_ROUGE": ([d["prompt"] for d in data.verbmem], [_muse_gt(tok, d["gt"]) for d in data.verbmem],
                                       128, False),
-             "forget_knowmem_ROUGE": ([knowmem_prompt(d["question"], ICL) for d in data.forget_qa],
+             "forget_knowmem_ROUGE": ([knowmem_prompt_text(d["question"], ICL) for d in data.forget_qa],
                                       [d["answer"] for d in data.forget_qa], 32, True),
-             "retain_knowmem_ROUGE": ([knowmem_prompt(d["question"], ICL[:1]) for d in data.retain_qa],
+             "retain_knowmem_ROUGE": ([knowmem_prompt_text(d["question"], ICL[:1]) for d in data.retain_qa],
                                       [d["answer"] for d in data.retain_qa], 32, True)}
     for name, (prompts, gts, max_new, cut) in cases.items():
         gens = [_greedy(model, tok, p, max_new) for p in prompts]
@@ -252,7 +252,7 @@ def test_each_rule_matches_a_plain_reimplementation(tiny, monkeypatch, rules):
           {"question": "Where?", "answer": "In Leeds"}]
     outputs = {"p1": long_out, "p2": "  the dog runs home  "}
     answers = ["1472\nAnswer: 1472", " The Rovers won\n\nQuestion: Who lost?\nAnswer: ", " In Leeds Question: x"]
-    outputs |= {knowmem_prompt(d["question"], ICL): a for d, a in zip(qa, answers)}
+    outputs |= {knowmem_prompt_text(d["question"], ICL): a for d, a in zip(qa, answers)}
     calls = _scripted(monkeypatch, outputs)
     res = evaluate_muse(None, tok, MuseData(verbmem=verbmem, forget_qa=qa, forget_qa_icl=ICL), rules=rules)
     assert calls == [(128, ["batch_size", "progress"]), (32, ["batch_size", "progress"])]  # no early stop

@@ -32,7 +32,7 @@ class FakeModel:
     def __init__(self):
         self.saved = []
 
-    def save_pretrained(self, path):
+    def save_pretrained(self, path, **options):
         path.mkdir(parents=True, exist_ok=True)
         (path / "weights").write_text(str(len(self.saved)))
         self.saved.append(path)
@@ -43,23 +43,22 @@ class FakeTokenizer:
         (path / "tokenizer.json").write_text("{}")
 
 
-def test_evaluator_records_saves_the_best_and_resumes(monkeypatch, tmp_path):
+def test_evaluator_records_saves_the_best_and_resumes(tmp_path):
     scores = iter([(1e-4, 0.6), (0.3, 0.59), (0.1, 0.58), (0.8, 0.2)])
 
-    def fake_eval(*args, **kwargs):
+    def fake_suite(model, metrics=None):
         fq, mu = next(scores)
         return {"forget_quality": {"agg_value": fq}, "model_utility": {"agg_value": mu}}
 
-    monkeypatch.setattr("palu.train.selection.evaluate_tofu", fake_eval)
     model, tok = FakeModel(), FakeTokenizer()
-    ev = EpochEvaluator(tok, {}, None, None, tmp_path, SelectionRule())
+    ev = EpochEvaluator(fake_suite, tok, tmp_path, SelectionRule())
     ev.evaluate(0, model)
     assert ev(1, model) == {"forget_quality": 0.3, "model_utility": 0.59}
     ev(2, model)
     assert json.loads((tmp_path / "best.json").read_text())["epoch"] == 1
     assert len(model.saved) == 1 and (tmp_path / BEST_DIR / "tokenizer.json").exists()
 
-    resumed = EpochEvaluator(tok, {}, None, None, tmp_path, SelectionRule())  # reads epochs 0-2 back
+    resumed = EpochEvaluator(fake_suite, tok, tmp_path, SelectionRule())  # reads epochs 0-2 back
     assert [r["epoch"] for r in resumed.records] == [0, 1, 2]
     assert resumed.evaluate(2, model)["forget_quality"] == 0.1  # not evaluated again
     resumed(3, model)  # best forget quality, but utility 0.2 < 0.95 * 0.6
@@ -73,16 +72,15 @@ def test_epochs_compute_what_the_rule_reads_and_the_best_one_the_rest(monkeypatc
     values = {1: (0.3, 0.59), 2: (0.1, 0.58), 3: (0.5, 0.3)}
     calls = []
 
-    def fake_eval(model, *args, metrics=None, **kwargs):
+    def fake_suite(model, metrics=None):
         calls.append((model, None if metrics is None else sorted(metrics)))
         fq, mu = values.get(model, (1e-4, 0.6))
         everything = {"forget_quality": fq, "model_utility": mu, "retain_Q_A_Prob": mu, "forget_Q_A_ROUGE": fq / 2,
                       "privleak": -fq}
         return {k: {"agg_value": v} for k, v in everything.items() if metrics is None or k in metrics}
 
-    monkeypatch.setattr("palu.train.selection.evaluate_tofu", fake_eval)
     monkeypatch.setattr("palu.train.selection.save_model", lambda *args: None)
-    ev = EpochEvaluator(FakeTokenizer(), {}, None, None, tmp_path, SelectionRule())
+    ev = EpochEvaluator(fake_suite, FakeTokenizer(), tmp_path, SelectionRule())
     ev.evaluate(0, 0)
     rule_reads = ["forget_quality", "model_utility", "retain_Q_A_Prob"]
     assert ev(1, 1) == {"forget_quality": 0.3, "model_utility": 0.59, "retain_Q_A_Prob": 0.59,
@@ -97,7 +95,16 @@ def test_epochs_compute_what_the_rule_reads_and_the_best_one_the_rest(monkeypatc
     assert "privleak" not in json.loads((tmp_path / "eval" / "epoch-2.json").read_text())["summary"]
 
     calls.clear()
-    whole = EpochEvaluator(FakeTokenizer(), {}, None, None, tmp_path / "all", SelectionRule(), every_epoch="all")
+    whole = EpochEvaluator(fake_suite, FakeTokenizer(), tmp_path / "all", SelectionRule(), every_epoch="all")
     whole.evaluate(0, 0)
     whole(1, 1)
     assert [m for _, m in calls] == [None, None]
+
+
+def test_a_rule_whose_metric_the_evaluation_lacks_is_refused_at_the_start(tmp_path):
+    from palu.errors import PaluError
+
+    suite = lambda model, metrics=None: {"forget_verbmem_ROUGE": {"agg_value": 0.9}}
+    with pytest.raises(PaluError, match="select.metric=forget_quality is not among the metrics of this evaluation "
+                                        r"\(forget_verbmem_ROUGE\)"):
+        EpochEvaluator(suite, FakeTokenizer(), tmp_path, SelectionRule()).evaluate(0, None)

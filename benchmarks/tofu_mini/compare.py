@@ -30,6 +30,7 @@ from palu.data.loaders import DataSource, load_qa
 from palu.data.prompts import PromptConfig
 from palu.data.sources import SyntheticConfig
 from palu.eval.sets import EvalSets, eval_sets
+from palu.eval.suites import tofu_suite
 from palu.io import read_json, write_json
 from palu.methods import configure
 from palu.models import load_model, load_tokenizer
@@ -90,8 +91,10 @@ class Comparison:
         if not path.is_file():
             sets = self.epoch_sets()
             full = str(self.p.model("full"))
-            evaluator = EpochEvaluator(load_tokenizer(full), eval_sets(sets, SyntheticConfig()), PromptConfig(),
-                                       read_json(sets.retain_reference), self.out / "start", RULE, **sets.options())
+            tok = load_tokenizer(full)
+            suite = tofu_suite(tok, eval_sets(sets, SyntheticConfig()), PromptConfig(),
+                               read_json(sets.retain_reference), **sets.options())
+            evaluator = EpochEvaluator(suite, tok, self.out / "start", RULE)
             evaluator.evaluate(0, load_model(full))
         return path
 

@@ -2,16 +2,17 @@
 
 A multi-objective Optuna study (TPE or NSGA-II) over the learning rate and the method's own knobs
 (each method declares them beside its config: PALU's alpha, K and N, NPO's beta, ...; see
-:mod:`palu.methods.space`) maximises forget quality and utility together and returns their Pareto
-front. Every method is searched the same way, so a comparison can give each the same budget. Every trial is an ordinary
-unlearning run evaluated after each epoch; its values are those of its best epoch under the
-selection rule (:mod:`palu.train.selection`), or of its last epoch when no epoch keeps the
-utility floor. Pruning is per epoch and domain-specific: from the second epoch on, a trial stops
-once its utility is below ``prune_below`` times the starting model's and no higher than at the
-epoch before. A dip alone is not enough: while the learning rate decays, utility often climbs
-back (on TOFU-mini, PALU went from 0.46 to 0.88 of the start). A stopped trial that kept the floor
-at an earlier epoch still counts, with that epoch; one that never did is pruned. Optuna's own
-pruners do not support several objectives.
+:mod:`palu.methods.space`) optimises the selection rule's metric (forget quality by default; a MUSE
+metric such as ``forget_verbmem_ROUGE`` under ``unlearn.eval_muse``) and utility together and
+returns their Pareto front. Every method is searched the same way, so a comparison can give each the
+same budget. Every trial is an ordinary unlearning run evaluated after each epoch; its values are
+those of its best epoch under the selection rule (:mod:`palu.train.selection`), or of its last epoch
+when no epoch keeps the utility floor. Pruning is per epoch and domain-specific: from the second
+epoch on, a trial stops once its utility is below ``prune_below`` times the starting model's and no
+higher than at the epoch before. A dip alone is not enough: while the learning rate decays, utility
+often climbs back (on TOFU-mini, PALU went from 0.46 to 0.88 of the start). A stopped trial that
+kept the floor at an earlier epoch still counts, with that epoch; one that never did is pruned.
+Optuna's own pruners do not support several objectives.
 
 The selection rule's utility floor is a constraint of the search (``trial.set_constraint``: the
 floor minus the trial's utility, feasible at zero or below), so the sampler spends its trials where
@@ -33,6 +34,7 @@ from palu.commands import unlearn
 from palu.commands.unlearn import run_unlearn
 from palu.config import load_config, require
 from palu.errors import PaluError
+from palu.eval.metrics import get_metric
 from palu.io import copy_file, write_json
 from palu.methods import get_method
 from palu.methods.space import Knob, search_space, typed_space
@@ -45,7 +47,8 @@ RESUMABLE = False  # a sweep folder always resumes: its workers share it
 
 @dataclass
 class Config:
-    """``palu sweep``: the base unlearning run (``unlearn.*``, with ``unlearn.eval`` set) and the search.
+    """``palu sweep``: the base unlearning run (``unlearn.*``, with ``unlearn.eval`` or ``unlearn.eval_muse``
+    set) and the search.
 
     Attributes:
         space: bounds ``[low, high]`` or choices ``[a, b, ...]`` replacing the defaults of a searched
@@ -67,10 +70,11 @@ class Config:
     output_dir: str = "runs/sweep"
 
     def __post_init__(self) -> None:
-        if self.unlearn.eval is None or not self.unlearn.eval.retain_reference:
-            raise PaluError("a sweep scores every epoch's forget quality against the retain model: set the evaluation "
-                            "sets and the retain model's results (unlearn.eval.forget.path=..., "
-                            "unlearn.eval.retain_reference=RETAIN_RESULTS.json from `palu eval` of the retain model).")
+        tofu, muse = self.unlearn.eval, self.unlearn.eval_muse
+        if muse is None and (tofu is None or not tofu.retain_reference):
+            raise PaluError("a sweep scores every epoch: set the evaluation sets and the retain model's results "
+                            "(unlearn.eval.forget.path=..., unlearn.eval.retain_reference=RETAIN_RESULTS.json from "
+                            "`palu eval` of the retain model), or MUSE's (unlearn.eval_muse.path=...).")
         require(self.trials >= 1, "trials", "at least 1", self.trials)
         self.space = typed_space(self.unlearn.method, self.space)
         for name, knob in self.knobs().items():  # every bound and choice must make a valid run
@@ -130,10 +134,11 @@ def _search(cfg: Config, out: Path, progress: bool) -> list[dict]:
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
+    rule = cfg.unlearn.select
     study = optuna.create_study(study_name="palu", storage=f"sqlite:///{out / STUDY}", load_if_exists=True,
-                                directions=["maximize", "maximize"])
+                                directions=[direction(rule.metric), "maximize"])
     study.sampler = _sampler(cfg.sampler, cfg.seed + len(study.trials))
-    rule, utility = cfg.unlearn.select, cfg.unlearn.select.utility
+    utility = rule.utility
 
     knobs = cfg.knobs()
 
@@ -155,8 +160,8 @@ def _search(cfg: Config, out: Path, progress: bool) -> list[dict]:
         kept = best_epoch(records, rule)
         chosen = kept or records[-1]
         name, floor = utility_floor(records, rule)
-        forget_quality, kept_utility = chosen.get(rule.metric), chosen.get(name)
-        if forget_quality is None or kept_utility is None:
+        forgetting, kept_utility = chosen.get(rule.metric), chosen.get(name)
+        if forgetting is None or kept_utility is None:
             raise PaluError(f"trial {trial.number}: the evaluation gives no {rule.metric} or utility; "
                             "set unlearn.eval.retain_reference.")
         trial.set_user_attr("epoch", chosen["epoch"])
@@ -165,14 +170,15 @@ def _search(cfg: Config, out: Path, progress: bool) -> list[dict]:
             trial.set_user_attr("stopped_after", records[-1]["epoch"])
             if kept is None:
                 raise optuna.TrialPruned()
-        return forget_quality, kept_utility
+        return forgetting, kept_utility
 
     remaining = cfg.trials - len([t for t in study.trials if t.state.is_finished()])
     if remaining > 0:  # other workers on the same study count too: stop once the study holds enough trials
         done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         study.optimize(objective, n_trials=remaining, catch=(), callbacks=[MaxTrialsCallback(cfg.trials, states=done)])
-    front = [{"trial": t.number, "epoch": t.user_attrs.get("epoch"), "forget_quality": t.values[0],
-              "utility": t.values[1], **t.params} for t in sorted(study.best_trials, key=lambda t: -t.values[0])]
+    sign = 1 if direction(rule.metric) == "maximize" else -1
+    front = [{"trial": t.number, "epoch": t.user_attrs.get("epoch"), rule.metric: t.values[0],
+              "utility": t.values[1], **t.params} for t in sorted(study.best_trials, key=lambda t: -sign * t.values[0])]
     write_json(out / FRONT, front)
     return front
 
@@ -217,12 +223,18 @@ def _prune(records: list[dict], utility: str, fraction: float) -> None:
         raise UtilityCollapsed
 
 
-def pareto_table(front: list[dict]) -> str:
-    """The Pareto front as a plain-text table, best forget quality first, with each trial's settings."""
-    names = list(dict.fromkeys(k for r in front for k in r if k not in ("trial", "epoch", "forget_quality", "utility")))
+def direction(metric: str) -> str:
+    """Optuna's direction for a selection metric, from the metric registry."""
+    return "maximize" if get_metric(metric).higher_is_better else "minimize"
+
+
+def pareto_table(front: list[dict], metric: str = "forget_quality") -> str:
+    """The Pareto front as a plain-text table, best ``metric`` first, with each trial's settings."""
+    names = list(dict.fromkeys(k for r in front for k in r if k not in ("trial", "epoch", metric, "utility")))
     show = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
-    header = f"{'trial':>5}  {'epoch':>5}  {'forget quality':>14}  {'utility':>8}" + "".join(f"  {n:>9}" for n in names)
-    rows = [f"{r['trial']:>5}  {r['epoch']:>5}  {r['forget_quality']:>14.4g}  {r['utility']:>8.4f}"
+    header = (f"{'trial':>5}  {'epoch':>5}  {metric.replace('_', ' '):>14}  {'utility':>8}"
+              + "".join(f"  {n:>9}" for n in names))
+    rows = [f"{r['trial']:>5}  {r['epoch']:>5}  {r[metric]:>14.4g}  {r['utility']:>8.4f}"
             + "".join(f"  {show(r.get(n, '')):>9}" for n in names) for r in front]
     return "\n".join([header, *rows])
 
@@ -238,4 +250,5 @@ def main(args) -> str:
     args.overrides = [f"unlearn.{o}" if o.startswith(("method=", "method.")) else o for o in args.overrides]
     cfg = load_config(Config, args.config, args.overrides)
     front = run_sweep(cfg, args.overwrite, not args.quiet, args.allow_config_change)
-    return f"{pareto_table(front)}\n\nthe study and every trial are in {Path(cfg.output_dir).resolve()}"
+    table = pareto_table(front, cfg.unlearn.select.metric)
+    return f"{table}\n\nthe study and every trial are in {Path(cfg.output_dir).resolve()}"

@@ -11,7 +11,9 @@ from palu.config import load_config
 from palu.data.loaders import DataSource
 from palu.data.prompts import PromptConfig
 from palu.data.sources import SyntheticConfig, load_items, synthetic
+from palu.eval.muse import MuseSets
 from palu.eval.sets import EvalSets, eval_sets
+from palu.eval.suites import Suite, combined, harness_suite, muse_suite, tofu_suite
 from palu.io import read_json, write_json, write_text
 from palu.methods.common import MethodOptions
 from palu.methods.palu import PaluConfig
@@ -34,8 +36,11 @@ class Config:
         model: the model to unlearn from (hub id or folder); it is also the frozen reference.
         method: the method (``method=npo``) and its options (``method.beta=0.2``; see ``palu.methods``).
         peft: train a LoRA adapter instead of all weights (``peft=lora``).
-        eval: evaluate after every epoch on these sets (and the starting model first); the best
-            epoch by ``select`` is saved in ``<output_dir>/best``. None: no evaluation.
+        eval: evaluate after every epoch on these sets with TOFU's suite (and the starting model
+            first); the best epoch by ``select`` is saved in ``<output_dir>/best``. None: no evaluation.
+        eval_muse: evaluate after every epoch with MUSE's suite (documents), beside or instead of
+            ``eval``; select by its metrics (``select.metric=forget_verbmem_ROUGE
+            select.utility=retain_knowmem_ROUGE``). None: none.
         select: the rule that picks the best epoch (see ``palu.train.selection``).
         requests: deletion requests that arrive one after another: forget sets unlearned in this
             order, each from the model the one before left, instead of ``forget``. Each request is a
@@ -50,6 +55,7 @@ class Config:
     method: MethodOptions = field(default_factory=PaluConfig)
     peft: AdapterConfig | None = None
     eval: EvalSets | None = None
+    eval_muse: MuseSets | None = None
     select: SelectionRule = field(default_factory=SelectionRule)
     output_dir: str = "runs/unlearn"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -74,17 +80,29 @@ def run_unlearn(cfg: Config, overwrite: bool = False, resume: bool = False, prog
         if cfg.peft is not None:
             model = add_adapter(model, cfg.peft)
         evaluator = None
-        if cfg.eval is not None:
-            reference = read_json(cfg.eval.retain_reference) if cfg.eval.retain_reference else None
-            evaluator = EpochEvaluator(tok, eval_sets(cfg.eval, cfg.synthetic), cfg.prompt, reference, out,
-                                       cfg.select, stop=stop, harness=cfg.eval.lm_eval,
-                                       every_epoch=cfg.eval.every_epoch, **cfg.eval.options())
+        if cfg.eval is not None or cfg.eval_muse is not None:
+            evaluator = EpochEvaluator(epoch_suite(cfg, tok, progress), tok, out, cfg.select, stop=stop,
+                                       every_epoch=cfg.eval.every_epoch if cfg.eval else "selection")
             evaluator.evaluate(0, model)
         history = unlearn(model, tok, forget, retain, cfg.method.name, cfg.method, cfg.train, cfg.prompt, out, resume,
                           on_epoch_end=evaluator, progress=progress)
         if evaluator is not None:
             history = [evaluator.records[0], *history]
         return finish(out, for_saving(model, cfg.peft), tok, history)
+
+
+def epoch_suite(cfg: Config, tokenizer, progress: bool) -> Suite:
+    """The evaluation after every epoch: TOFU's suite (with its lm-eval tasks) and/or MUSE's."""
+    reference = lambda path: read_json(path) if path else None
+    suites = []
+    if cfg.eval is not None:
+        suites.append(tofu_suite(tokenizer, eval_sets(cfg.eval, cfg.synthetic), cfg.prompt,
+                                 reference(cfg.eval.retain_reference), progress, **cfg.eval.options()))
+        if cfg.eval.lm_eval is not None:
+            suites.append(harness_suite(tokenizer, cfg.eval.lm_eval))
+    if cfg.eval_muse is not None:
+        suites.append(muse_suite(tokenizer, cfg.eval_muse, reference(cfg.eval_muse.retain_reference), progress))
+    return combined(*suites)
 
 
 def main(args) -> str:

@@ -10,7 +10,10 @@
   holdout (label 1) texts, and its gap to the retain model's AUC, exactly as the TOFU privleak.
 
 Prompts are plain text, not chat: the MUSE models are base models trained on the raw corpora. The
-prompt formats, few-shot layout included, are MUSE's own. By default every rule is that of MUSE's
+prompt formats, few-shot layout included, are MUSE's own. A model that never saw question-answer
+text (one trained from scratch on the corpora) can be asked in cloze form instead
+(``knowmem_prompt="cloze"``): the question is a passage the model continues, and the answer is
+scored against as many words of the continuation as it has. By default every rule is that of MUSE's
 released code (ROUGE without stemming), so scores compare with its paper (which shows them x100;
 palu reports 0-1); ``rules="open-unlearning"`` scores as open-unlearning's MUSE does instead.
 
@@ -20,9 +23,10 @@ the JSON they were saved to) as ``retain_reference``; without it privleak is Non
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from palu.data.loaders import HUB_ID
 from palu.errors import PaluError
@@ -57,6 +61,42 @@ class Rules:
 
 RULES = {"muse": Rules(stem=False, strip=False, cut_gt=True, max_tokens=None),  # swj0419/muse_bench
          "open-unlearning": Rules(stem=True, strip=True, cut_gt=False, max_tokens=2048)}
+
+
+@dataclass
+class MuseSets:
+    """What a MUSE evaluation runs on, and how it scores: shared by ``palu eval suite=muse`` and the
+    evaluation after every unlearning epoch (``unlearn.eval_muse``).
+
+    Attributes:
+        path: a folder laid out like MUSE-News (knowmem/, verbmem/, privleak/), or a hub id
+            (MUSE-News by default).
+        retain_reference: results.json of the retain model's MUSE run; privleak needs it and is
+            reported as unavailable without it.
+        verbmem_limit, knowmem_limit, privleak_limit: keep the first N items of each set, for quick
+            runs (0 skips the set's metrics).
+        max_length: cut privleak texts to this many tokens (None: as the rules do).
+        rules: whose scoring to follow: "muse" (MUSE's released code, the default) or
+            "open-unlearning" (stemmed ROUGE, whole VerbMem reference, stripped texts, privleak
+            texts cut to 2,048 tokens); see docs/metrics.md. ROUGE is reported 0-1 under both.
+        knowmem_prompt: "qa" (MUSE's few-shot ``Question: ... Answer:`` prompt) or "cloze" (the
+            question is a passage the model continues, no few-shot examples; the answer is scored
+            against the continuation's first as many words as it has): for models that only ever
+            saw raw text.
+    """
+
+    path: str = MUSE_NEWS
+    retain_reference: str | None = None
+    batch_size: int = 16
+    verbmem_limit: int | None = None
+    knowmem_limit: int | None = None
+    privleak_limit: int | None = None
+    max_length: int | None = None
+    rules: Literal["muse", "open-unlearning"] = "muse"
+    knowmem_prompt: Literal["qa", "cloze"] = "qa"
+
+    def load(self) -> MuseData:
+        return load_muse(self.path, self.verbmem_limit, self.knowmem_limit, self.privleak_limit)
 
 
 @dataclass
@@ -162,10 +202,15 @@ def _row(row: object, keys: tuple[str, ...], where: str):
     return row["text"] if keys == ("text",) else {key: row[key] for key in keys}
 
 
-def knowmem_prompt(question: str, icl: Sequence[Mapping[str, str]]) -> str:
+def knowmem_prompt_text(question: str, icl: Sequence[Mapping[str, str]]) -> str:
     """MUSE's few-shot QA prompt: each example as ``Question: q\\nAnswer: a`` then a blank line, and the question."""
     shots = "".join(f"Question: {ex['question']}\nAnswer: {ex['answer']}\n\n" for ex in icl)
     return f"{shots}Question: {question}\nAnswer: "
+
+
+def cloze_cut(text: str, answer: str) -> str:
+    """A cloze continuation cut to as many words as the answer has: what a correct completion says."""
+    return " ".join(text.split()[: len(answer.split())])
 
 
 def knowmem_cut(text: str) -> str:
@@ -202,10 +247,13 @@ register(MetricSpec("retain_knowmem_ROUGE", True, "MUSE KnowMem: mean ROUGE-L F1
 
 
 def evaluate_muse(model, tokenizer, data: MuseData, retain_reference: Mapping | None = None, batch_size: int = 16,
-                  max_length: int | None = None, progress: bool = False, rules: str = "muse") -> dict[str, dict]:
-    """Every MUSE metric the non-empty sets of ``data`` allow; metric name -> result.
+                  max_length: int | None = None, progress: bool = False, rules: str = "muse",
+                  knowmem_prompt: str = "qa", metrics: Collection[str] | None = None) -> dict[str, dict]:
+    """Every MUSE metric the non-empty sets of ``data`` allow, or only those among ``metrics`` (with
+    what they need: privleak needs the MIA); metric name -> result.
 
-    ``rules`` ("muse", the default, or "open-unlearning"; see ``RULES``) says whose scoring to follow.
+    ``rules`` ("muse", the default, or "open-unlearning"; see ``RULES``) says whose scoring to follow;
+    ``knowmem_prompt`` ("qa" or "cloze", see :class:`MuseSets`) how KnowMem asks.
     Under both, privleak is None without ``retain_reference`` (open-unlearning would assume a retain
     AUC of 0.5; pass ``{"mia_min_k": {"agg_value": 0.5}}`` for that).
     ``max_length`` cuts privleak texts to that many tokens (for models with a shorter context than
@@ -213,24 +261,29 @@ def evaluate_muse(model, tokenizer, data: MuseData, retain_reference: Mapping | 
     """
     if rules not in RULES:
         raise PaluError(f"MUSE rules must be one of {', '.join(RULES)}, not {rules!r}.")
+    if knowmem_prompt not in ("qa", "cloze"):
+        raise PaluError(f"knowmem_prompt must be qa or cloze, not {knowmem_prompt!r}.")
     rule = RULES[rules]
+    wanted = lambda *names: metrics is None or any(name in metrics for name in names)
     tidy = str.strip if rule.strip else str
     gen = dict(batch_size=batch_size, progress=progress)
     results: dict[str, dict] = {}
-    if data.verbmem:
+    if data.verbmem and wanted("forget_verbmem_ROUGE"):
         outputs = generate_text(model, tokenizer, [d["prompt"] for d in data.verbmem], VERBMEM_MAX_NEW_TOKENS, **gen)
         refs = [verbmem_reference(tokenizer, d["gt"]) if rule.cut_gt else d["gt"] for d in data.verbmem]
         results["forget_verbmem_ROUGE"] = rouge_f1_result("forget_verbmem_ROUGE", [tidy(o) for o in outputs],
                                                           [tidy(r) for r in refs], rule.stem)
     knowmem = (("forget", data.forget_qa, data.forget_qa_icl), ("retain", data.retain_qa, data.retain_qa_icl))
+    cloze = knowmem_prompt == "cloze"
     for split, qa, icl in knowmem:
-        if qa:
-            outputs = generate_text(model, tokenizer, [knowmem_prompt(d["question"], icl) for d in qa],
-                                    KNOWMEM_MAX_NEW_TOKENS, **gen)
-            name = f"{split}_knowmem_ROUGE"
-            results[name] = rouge_f1_result(name, [tidy(knowmem_cut(o)) for o in outputs],
-                                            [tidy(d["answer"]) for d in qa], rule.stem)
-    if data.privleak_forget and data.privleak_holdout:
+        name = f"{split}_knowmem_ROUGE"
+        if qa and wanted(name):
+            prompts = [d["question"] if cloze else knowmem_prompt_text(d["question"], icl) for d in qa]
+            outputs = generate_text(model, tokenizer, prompts, KNOWMEM_MAX_NEW_TOKENS, **gen)
+            answers = [cloze_cut(o, d["answer"]) if cloze else knowmem_cut(o) for o, d in zip(outputs, qa)]
+            results[name] = rouge_f1_result(name, [tidy(a) for a in answers], [tidy(d["answer"]) for d in qa],
+                                            rule.stem)
+    if data.privleak_forget and data.privleak_holdout and wanted("mia_min_k", "privleak"):
         if max_length is None and rule.max_tokens is not None:
             max_length = len(tokenizer("").input_ids) + rule.max_tokens
         scores = [[min_k_score(lp, MIA_K) for lp in text_logprobs(model, tokenizer, texts, batch_size, max_length,

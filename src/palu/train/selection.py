@@ -20,12 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from palu.data.prompts import PromptConfig
+from palu.errors import PaluError
 from palu.eval.core import summary
-from palu.eval.harness import PREFIX as HARNESS_PREFIX
-from palu.eval.harness import HarnessTasks, evaluate_harness
 from palu.eval.metrics import get_metric
-from palu.eval.tofu import evaluate_tofu
+from palu.eval.suites import Suite
 from palu.io import copy_file, read_json, write_json
 from palu.runs import BEST_DIR, BEST_RECORD, epoch_path, epoch_records, save_model
 
@@ -85,21 +83,11 @@ class EpochEvaluator:
     when the epoch becomes the best so far; "all" computes the whole suite after every epoch.
     """
 
-    def __init__(self, tokenizer, sets: dict, prompt: PromptConfig, reference: dict | None, run: Path,
-                 rule: SelectionRule, progress: bool = False, stop: Callable[[list[dict]], None] | None = None,
-                 harness: HarnessTasks | None = None, every_epoch: str = "selection", **eval_options):
-        self.tokenizer, self.sets, self.prompt, self.reference, self.stop = tokenizer, sets, prompt, reference, stop
-        self.harness, self.every_epoch = harness, every_epoch
-        self.run, self.rule, self.progress, self.options = Path(run), rule, progress, eval_options
+    def __init__(self, suite: Suite, tokenizer, run: Path, rule: SelectionRule,
+                 stop: Callable[[list[dict]], None] | None = None, every_epoch: str = "selection"):
+        self.suite, self.tokenizer, self.stop, self.every_epoch = suite, tokenizer, stop, every_epoch
+        self.run, self.rule = Path(run), rule
         self.records = epoch_records(self.run)
-
-    def _results(self, model, metrics: set[str] | None) -> dict:
-        """The suite's results on ``model``: all of them (None), or those that give ``metrics``."""
-        results = evaluate_tofu(model, self.tokenizer, self.sets, self.prompt, self.reference,
-                                progress=self.progress, metrics=metrics, **self.options)
-        if self.harness is not None and (metrics is None or any(m.startswith(HARNESS_PREFIX) for m in metrics)):
-            results.update(evaluate_harness(model, self.tokenizer, self.harness))
-        return results
 
     def _write(self, epoch: int, results: dict) -> dict:
         record = {"epoch": epoch, **summary(results)}
@@ -113,8 +101,13 @@ class EpochEvaluator:
         if done is not None:
             return done
         lean = epoch > 0 and self.every_epoch == "selection"
-        return self._write(epoch, self._results(model, {self.rule.metric, self.rule.utility, UTILITY_FALLBACK}
-                                                 if lean else None))
+        record = self._write(epoch, self.suite(model, {self.rule.metric, self.rule.utility, UTILITY_FALLBACK}
+                                               if lean else None))
+        if epoch == 0 and self.rule.metric not in record:
+            shown = ", ".join(sorted(k for k in record if k != "epoch"))
+            raise PaluError(f"select.metric={self.rule.metric} is not among the metrics of this evaluation ({shown}); "
+                            "set select.metric (and select.utility) to metrics it has.")
+        return record
 
     def complete(self, epoch: int, model) -> dict:
         """``epoch``'s record with the metrics the starting model has and it lacks computed on ``model``."""
@@ -124,7 +117,7 @@ class EpochEvaluator:
         if missing == set():
             return record
         results = read_json(epoch_path(self.run, epoch))["results"]
-        results.update(self._results(model, missing))
+        results.update(self.suite(model, missing))
         return self._write(epoch, results)
 
     def __call__(self, epoch: int, model) -> dict:
