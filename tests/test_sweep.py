@@ -11,11 +11,13 @@ from test_cli import TINY
 import palu.commands.sweep
 from palu.cli import main
 from palu.commands.sweep import Config as SweepConfig
-from palu.commands.sweep import collapsed, pareto_table, space_table
+from palu.commands.sweep import collapsed, pareto_table, selected, space_table
 from palu.config import load_config
 from palu.errors import PaluError
 from palu.methods import METHODS
 from palu.methods.space import search_space
+from palu.runs import epoch_records
+from palu.train.selection import SelectionRule
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +152,13 @@ def test_a_sweep_of_another_method_searches_its_own_knobs(demo, tmp_path, capsys
         saved = (out / f"trial-{t.number:03d}" / "config.yaml").read_text()
         assert "name: npo" in saved and f"beta: {t.params['beta']}" in saved
     assert "beta" in capsys.readouterr().out.splitlines()[0]  # the printed front shows the knobs searched
+    rule = SelectionRule(utility_floor=0.0)
+    chosen = selected(out, rule)
+    every = [(r["forget_quality"], -r["epoch"], -t.number) for t in study.trials  # ties: earliest epoch, trial
+             for r in epoch_records(out / f"trial-{t.number:03d}") if r["epoch"] > 0]
+    best = max(every)
+    assert (chosen["forget_quality"], -chosen["epoch"], -chosen["trial"]) == best
+    assert chosen["beta"] == study.trials[chosen["trial"]].params["beta"] and chosen["run"].endswith(f"{-best[2]:03d}")
 
 
 def test_the_front_table_shows_each_method_s_settings():

@@ -35,7 +35,7 @@ from palu.commands.unlearn import run_unlearn
 from palu.config import load_config, require
 from palu.errors import PaluError
 from palu.eval.metrics import get_metric
-from palu.io import copy_file, write_json
+from palu.io import copy_file, read_json, write_json
 from palu.methods import get_method
 from palu.methods.space import Knob, search_space, typed_space
 from palu.runs import FRONT, START_EVAL, STUDY, Reuse, epoch_path, epoch_records, new_run, run_folder, trial_dir
@@ -221,6 +221,19 @@ def collapsed(records: list[dict], utility: str, fraction: float) -> bool:
 def _prune(records: list[dict], utility: str, fraction: float) -> None:
     if collapsed(records, utility, fraction):
         raise UtilityCollapsed
+
+
+def selected(out: str | Path, rule) -> dict | None:
+    """The study's selected model: over every epoch of every trial, the one ``rule`` picks (the same rule
+    as within one run), with its trial's folder and settings; None when no epoch keeps the floor."""
+    import optuna
+
+    study = optuna.load_study(study_name="palu", storage=f"sqlite:///{Path(out) / STUDY}")
+    start = read_json(Path(out) / START_EVAL)["summary"]
+    records = [{**r, "trial": t.number, "run": str(trial_dir(out, t.number)), **t.params}
+               for t in study.trials if t.state.is_finished() and trial_dir(out, t.number).is_dir()
+               for r in epoch_records(trial_dir(out, t.number)) if r["epoch"] > 0]
+    return best_epoch([start, *records], rule)
 
 
 def direction(metric: str) -> str:
