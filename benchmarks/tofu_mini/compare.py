@@ -122,11 +122,12 @@ class Comparison:
                    for r in read_json(folder / "history.json") if r["epoch"] > 0 and "forget_quality" in r]
         return best_epoch([read_json(self.start_record())["summary"], *records], RULE)
 
-    def final(self, method: str, run: Path, best: dict) -> dict:
-        """The selected model evaluated with everything, then attacked (redone when the selection changed)."""
+    def final(self, method: str, run: Path, best: dict, tag: str = "") -> dict:
+        """The selected model evaluated with everything, then attacked (redone when the selection changed);
+        ``tag`` keeps another stage's final evaluations apart."""
         model = run / BEST_DIR
         chosen = {"run": str(run), "epoch": best["epoch"]}
-        ev, attacks = self.out / f"eval-{slug(method)}", self.out / f"attack-{slug(method)}"
+        ev, attacks = self.out / f"eval-{tag}{slug(method)}", self.out / f"attack-{tag}{slug(method)}"
         if selected(ev) != chosen:
             run_eval(self.p.eval_config(model, ev), overwrite=True, progress=False)
             write_json(ev / "selected.json", chosen)

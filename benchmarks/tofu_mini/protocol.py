@@ -18,6 +18,11 @@ Built only from TOFU's files (``--data``, default ../shared/data/tofu) and palu'
 - ``compare-<forget>/eval-retain/``: the retain model's evaluation, the reference of forget quality
   and privleak (and the retain row of the comparison).
 
+With ``pretrain`` (the second regime, a model that knows the language), the tokenizer also learns
+from general English text (``--pretrain-data``: MUSE-News's BBC articles, about 3,500 of them), a
+``pretrained/`` model learns that text from scratch first, and the full and retain models are
+fine-tuned from it rather than from scratch.
+
 Both models and the reference are cached: a finished run is reused, an interrupted one resumes.
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from palu.commands.eval import Config as EvalConfig
@@ -41,6 +47,7 @@ from palu.train.finetune import EarlyStop
 log = logging.getLogger("tofu_mini")
 HOLDOUT = range(3400, 3600)  # authors 171-180 of full.json
 MAX_EPOCHS = 15
+PRETRAIN_EPOCHS = 3
 VOCAB = 8000
 EVAL_OPTIONS = dict(batch_size=32, max_new_tokens=128, max_length=256)
 RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
@@ -49,8 +56,11 @@ RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"
 class Protocol:
     """Paths and cached artefacts of one TOFU-mini working folder."""
 
-    def __init__(self, tofu: Path, workdir: Path, forget: str = "forget05"):
+    def __init__(self, tofu: Path, workdir: Path, forget: str = "forget05", pretrain: Path | None = None):
         self.tofu, self.workdir, self.forget, self.retain = Path(tofu), Path(workdir), forget, RETAIN[forget]
+        self.pretrain = sorted(Path(pretrain).glob("*.jsonl")) if pretrain else []
+        if pretrain and not self.pretrain:
+            raise SystemExit(f"no general text (*.jsonl of {{\"text\"}}) in {pretrain}")
         needed = dict.fromkeys(("full", "forget05", self.retain, forget, f"{forget}_perturbed", "retain_perturbed",
                                 "real_authors", "world_facts"))
         missing = [name for name in needed if not (self.tofu / f"{name}.json").is_file()]
@@ -92,14 +102,33 @@ class Protocol:
     def train_tokenizer(self) -> None:
         if (self.tokenizer / "tokenizer.json").is_file():
             return
-        items = [it for source in (self.prepared("full"), *self.general()) for it in load_qa(source)]
+        sources = (self.prepared("full"), *self.general(), *self.general_text())
+        items = [it for source in sources for it in load_qa(source)]
         train_bpe_tokenizer(item_texts(items), VOCAB).save_pretrained(str(self.tokenizer))
+
+    def general_text(self) -> list[DataSource]:
+        """The general English text of the pretraining regime (none without it)."""
+        return [DataSource(str(path), kind="text") for path in self.pretrain]
+
+    def pretrained(self) -> str:
+        """The model the full and retain models start from: "scratch", or the one pretrained on general text."""
+        if not self.pretrain:
+            return "scratch"
+        if not is_finished(self.workdir / "pretrained"):
+            start = time.time()
+            train = replace(scratch_train(), epochs=PRETRAIN_EPOCHS, max_length=256)
+            run_finetune(FinetuneConfig(model="scratch", tokenizer=str(self.tokenizer), data=self.general_text(),
+                                        output_dir=str(self.workdir / "pretrained"), train=train),
+                         resume=True, progress=False)
+            log.info("pretrained on %d files of general text in %.0f s", len(self.pretrain), time.time() - start)
+        return str(self.model("pretrained"))
 
     def model(self, name: str) -> Path:
         return self.workdir / name / MODEL_DIR
 
     def train(self, name: str, data: DataSource, knows: DataSource) -> Path:
-        cfg = FinetuneConfig(model="scratch", tokenizer=str(self.tokenizer), data=[data, *self.general()],
+        start_from = self.pretrained()
+        cfg = FinetuneConfig(model=start_from, tokenizer=str(self.tokenizer), data=[data, *self.general()],
                              output_dir=str(self.workdir / name), train=scratch_train(),
                              early_stop=EarlyStop(knows, prob=0.9, rouge=0.9, from_epoch=8))
         cfg.train.epochs = MAX_EPOCHS

@@ -3,6 +3,8 @@
     python benchmarks/tofu_mini/run.py                            # models, compare, grid, sweep
     python benchmarks/tofu_mini/run.py --stages models            # only the cached models
     python benchmarks/tofu_mini/run.py --stages compare --budget 3
+    python benchmarks/tofu_mini/run.py --stages equal --equal-trials 8     # every method, the same search
+    python benchmarks/tofu_mini/run.py --pretrain --stages models,equal    # a model that knows the language
 
 Everything is cached under --workdir: a rerun reuses finished runs and resumes unfinished ones.
 The results go to --results (Markdown, with the JSON beside it) and an HTML report.
@@ -23,30 +25,40 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import LRS, Comparison  # noqa: E402
+from equal import EqualSearch  # noqa: E402
 from grid import KS, NS, label, run_grid  # noqa: E402
 from protocol import Protocol  # noqa: E402
 from search import run_search  # noqa: E402
-from tables import comparison_table, grid_table, peak_cell, search_summary, selected  # noqa: E402
+from tables import comparison_table, equal_summary, grid_table, peak_cell, search_summary, selected  # noqa: E402
 
 from palu.commands.report import run_report  # noqa: E402
 from palu.io import write_json, write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("models", "compare", "grid", "sweep")
+STAGES = ("models", "compare", "grid", "sweep", "equal")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "tofu", help="TOFU's JSON files")
-    p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "tofu-mini", help="models and runs (cached)")
+    p.add_argument("--workdir", type=Path, help="models and runs, cached (default: runs/tofu-mini, "
+                                                  "runs/tofu-mini-pretrained with --pretrain)")
     p.add_argument("--forget", default="forget05", choices=("forget01", "forget05", "forget10"))
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {', '.join(STAGES)}")
     p.add_argument("--budget", type=int, default=3, help="learning rates tried per method (at most 12)")
     p.add_argument("--epochs", type=int, default=5, help="unlearning epochs per run")
     p.add_argument("--trials", type=int, default=30, help="runs of the sweep stage")
-    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "tofu_mini.md")
+    p.add_argument("--equal-trials", type=int, default=8, help="sweep trials per method in the equal stage")
+    p.add_argument("--pretrain", action="store_true", help="the second regime: pretrain on general English first")
+    p.add_argument("--pretrain-data", type=Path, default=ROOT.parent / "shared" / "data" / "muse_news" / "raw",
+                   help="general text for --pretrain: *.jsonl of {\"text\"} (default: MUSE-News's BBC articles)")
+    p.add_argument("--results", type=Path, help="default: benchmarks/results/tofu_mini.md (tofu_mini_pretrained.md "
+                                                "with --pretrain)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
+    regime = "tofu-mini-pretrained" if args.pretrain else "tofu-mini"
+    args.workdir = args.workdir or ROOT / "runs" / regime
+    args.results = args.results or ROOT / "benchmarks" / "results" / f"{regime.replace('-', '_')}.md"
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = sorted(set(stages) - set(STAGES))
     if unknown or not 1 <= args.budget <= 12:
@@ -55,7 +67,7 @@ def main() -> None:
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     start = time.time()
-    protocol = Protocol(args.data, args.workdir, args.forget)
+    protocol = Protocol(args.data, args.workdir, args.forget, args.pretrain_data if args.pretrain else None)
     protocol.build()
     cmp = Comparison(protocol, args.budget, args.epochs)
     sections = [header(args, protocol)]
@@ -87,16 +99,26 @@ def main() -> None:
             write_json(cmp.out / "sweep.json", found)
             sections += [f"## palu sweep ({args.trials} runs) against the grid ({found['grid_runs']} runs)",
                          search_summary(found)]
-    sections.append(f"Wall time of this invocation (finished runs are reused): {(time.time() - start) / 60:.0f} min.")
-    write_text(args.results, "\n\n".join(sections) + "\n")
-    print(f"results in {args.results}")
+    wall = lambda: f"Wall time of this invocation (finished runs are reused): {(time.time() - start) / 60:.0f} min."
+    if len(sections) > 1:  # the models alone leave the results of earlier stages as they are
+        write_text(args.results, "\n\n".join([*sections, wall()]) + "\n")
+        print(f"results in {args.results}")
+    if "equal" in stages:  # its own file, so the stages above and this one can be rerun apart
+        found = EqualSearch(cmp, args.equal_trials).run_all()
+        equal = args.results.with_name(f"{args.results.stem}_equal.md")
+        write_json(equal.with_suffix(".json"), found)
+        write_text(equal, "\n\n".join([header(args, protocol), f"## Equal search: every method, {args.equal_trials} "
+                                        "sweep trials each", comparison_table(found["table"]), equal_summary(found),
+                                        wall()]) + "\n")
+        print(f"results in {equal}")
 
 
 def header(args, protocol: Protocol) -> str:
     results = args.results.resolve()
     shown = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
     return (f"# TOFU-mini ({args.forget})\n\nCommand: `python benchmarks/tofu_mini/run.py --forget {args.forget} "
-            f"--stages {args.stages} --budget {args.budget} --epochs {args.epochs} --results {shown}`\n\n"
+            f"--stages {args.stages} --budget {args.budget} --epochs {args.epochs} --equal-trials {args.equal_trials}"
+            f"{' --pretrain' if args.pretrain else ''} --results {shown}`\n\n"
             f"Machine: {platform.machine()}, "
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}. Date: {date.today()}. "
             f"Models and runs: {protocol.workdir}. What the tables show: `benchmarks/tofu_mini/README.md`, Findings.")

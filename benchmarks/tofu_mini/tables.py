@@ -80,3 +80,20 @@ def search_summary(found: dict) -> str:
         f"{len(found['grid_front'])}. Hypervolume above the utility floor: sweep {hv['sweep']:.4g}, "
         f"grid {hv['grid']:.4g}.",
         "", "Sweep front:", "", *rows(found["sweep_front"]), "", "Grid front:", "", *rows(found["grid_front"])])
+
+
+def equal_summary(found: dict) -> str:
+    """The Pareto front of every trial's selected epoch across methods, and where PALU stands on it."""
+    front = found["front"]
+    lines = [f"Pareto front of the {len(found['plane'])} trials that kept the utility floor (each at its selected "
+             "epoch), across methods:", "", "| method | trial | epoch | forget quality | model utility |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {p['method']} | {p['trial']} | {p['epoch']} | {cell(p['forget_quality'])} | {cell(p['utility'])} |"
+              for p in front]
+    on_front = sorted({p["method"] for p in front})
+    palu = [p for p in found["plane"] if p["method"].startswith("palu")]
+    best = max(palu, key=lambda p: p["forget_quality"], default=None)
+    where = ("no PALU trial kept the utility floor" if best is None else
+             f"PALU's best kept trial: forget quality {cell(best['forget_quality'])} at utility "
+             f"{cell(best['utility'])} ({best['method']}, {best['trial']})")
+    return "\n".join([*lines, "", f"Methods on the front: {', '.join(on_front) or 'none'}. {where}."])
