@@ -108,7 +108,7 @@ def test_the_wmdp_recipe_shape_rmu_on_a_corpus_scored_by_the_harness(saved_model
     assert unlearn(saved_model, run, "method=rmu", "method.layer=0", f"forget.path={corpus}", "forget.kind=text",
                    f"retain.path={corpus}", "retain.kind=text", "retain.limit=1", "train.max_length=32",
                    "eval.forget.limit=1", "eval.retain.limit=1", "eval.max_new_tokens=1",
-                   "eval.lm_eval.tasks=[palu_mc]", f"eval.lm_eval.include_path={task_dir}") == 0
+                   "eval.lm_eval.tasks=[palu_mc]", f"eval.lm_eval.include_path={task_dir}", "eval.every_epoch=all") == 0
     before, after = (json.loads((run / "eval" / f"epoch-{e}.json").read_text())["summary"] for e in (0, 1))
     assert {"lm-eval/palu_mc/acc"} <= set(before) & set(after)
 

@@ -32,6 +32,9 @@ class FakeModel:
     def __init__(self):
         self.saved = []
 
+    def parameters(self):
+        return iter(())
+
     def save_pretrained(self, path, **options):
         path.mkdir(parents=True, exist_ok=True)
         (path / "weights").write_text(str(len(self.saved)))

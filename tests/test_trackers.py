@@ -30,9 +30,9 @@ def test_tensorboard_receives_loss_terms_epoch_metrics_and_the_config(saved_mode
     scalars = events(run)
     for term in ("loss", "forget", "retain", "ordinary"):  # PALU's terms, at every step
         assert len(scalars[f"train/{term}"]) == 2 * 2, term  # 4 forget items, batch 2, 2 epochs
-    assert len(scalars["epoch/loss"]) == 2 and len(scalars["epoch/forget_Q_A_Prob"]) == 2
+    assert len(scalars["epoch/loss"]) == 2 and len(scalars["epoch/retain_Q_A_Prob"]) == 2
     history = __import__("json").loads((run / "history.json").read_text())
-    assert scalars["epoch/forget_Q_A_Prob"] == pytest.approx([h["forget_Q_A_Prob"] for h in history[1:]])
+    assert scalars["epoch/retain_Q_A_Prob"] == pytest.approx([h["retain_Q_A_Prob"] for h in history[1:]])
     assert list((run / "logs").rglob("hparams.yml")), "the config was not stored as hyper-parameters"
 
 
