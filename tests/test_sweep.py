@@ -158,7 +158,7 @@ def test_a_sweep_of_another_method_searches_its_own_knobs(demo, tmp_path, capsys
              for r in epoch_records(out / f"trial-{t.number:03d}") if r["epoch"] > 0]
     best = max(every)
     assert (chosen["forget_quality"], -chosen["epoch"], -chosen["trial"]) == best
-    assert chosen["beta"] == study.trials[chosen["trial"]].params["beta"] and chosen["run"].endswith(f"{-best[2]:03d}")
+    assert chosen["settings"] == study.trials[chosen["trial"]].params and chosen["run"].endswith(f"{-best[2]:03d}")
 
 
 def test_the_front_table_shows_each_method_s_settings():

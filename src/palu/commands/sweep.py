@@ -230,7 +230,7 @@ def selected(out: str | Path, rule) -> dict | None:
 
     study = optuna.load_study(study_name="palu", storage=f"sqlite:///{Path(out) / STUDY}")
     start = read_json(Path(out) / START_EVAL)["summary"]
-    records = [{**r, "trial": t.number, "run": str(trial_dir(out, t.number)), **t.params}
+    records = [{**r, "trial": t.number, "run": str(trial_dir(out, t.number)), "settings": t.params}
                for t in study.trials if t.state.is_finished() and trial_dir(out, t.number).is_dir()
                for r in epoch_records(trial_dir(out, t.number)) if r["epoch"] > 0]
     return best_epoch([start, *records], rule)
