@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import METHODS, RULE, Comparison  # noqa: E402
+from compare import METHODS, RULE, Comparison, slug  # noqa: E402
 from curves import PROPERTIES, Curves  # noqa: E402
 from protocol import Protocol  # noqa: E402
 
@@ -69,11 +69,16 @@ def main() -> None:
         results = cmp.run_all(references)
         write_json(args.results.with_suffix(".json"), results)
         sections += [f"## Comparison on request 1 ({args.trials} sweep trials per method, {args.epochs} epochs each)",
-                     table(results), report(cmp.out, args.results.with_name(f"{args.results.stem}_report.html"))]
+                     table(results), report([Path(row["selected"]["run"]) for row in results.values()
+                                             if row.get("selected")],
+                                            args.results.with_name(f"{args.results.stem}_report.html"))]
         if "curves" in stages:
             curves = Curves(cmp).run_all(results, curve_methods)
             write_json(args.results.with_name(f"{args.results.stem}_curves.json"), curves)
-            sections.append("## C5 and C6 curves (all four requests' evaluation sets; step 0: the target model)")
+            html = args.results.with_name(f"{args.results.stem}_curves_report.html")
+            run_report([cmp.p.workdir / "curves" / slug(m) / prop for m in curves for prop in PROPERTIES], html)
+            sections += ["## C5 and C6 curves (all four requests' evaluation sets; step 0: the target model)",
+                         f"The HTML report draws them: `{html.name}`."]
             for method, by_prop in curves.items():
                 sections += [f"### {method}", *(curve_table(prop, by_prop[prop]["rows"]) for prop in PROPERTIES)]
     sections.append(f"Wall time of this invocation (finished runs are reused): {(time.time() - start) / 60:.0f} min.")
@@ -109,9 +114,14 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def report(folder: Path, html: Path) -> str:
-    run_report([folder], html)
-    return f"HTML report: `{html.name}` (`palu report {folder} --out {html}`)."
+def report(runs: list[Path], html: Path) -> str:
+    """The HTML report of each method's selected trial (its per-epoch curves and MUSE metrics); a trial
+    the sweep stopped for lost utility has no history and is left out (its row is in the table)."""
+    finished = [run for run in runs if (run / "history.json").is_file()]
+    run_report(finished, html)
+    stopped = ", ".join(str(run.relative_to(run.parents[1])) for run in runs if run not in finished)
+    return (f"HTML report of each method's selected trial: `{html.name}` (`palu report TRIAL... --out {html}`)"
+            + (f"; left out, stopped early by the sweep's pruning: {stopped}." if stopped else "."))
 
 
 if __name__ == "__main__":
