@@ -159,6 +159,19 @@ def test_loss_and_gradients_match_the_official_structure(setup, cfg):
     assert rel(g_fast, g_slow) <= 1e-4
 
 
+def test_gradients_of_two_steps_accumulate(setup):
+    """Two backward passes without zeroing (gradient accumulation) sum like the official structure's."""
+    model, ref_model, forget, retain = setup
+    ref_head = Head.of(ref_model).frozen_copy()
+    cfgs = [PaluConfig(top_k=5, first_n=1), PaluConfig(top_k=10, constraint="reverse_kl", retain_loss="kl", alpha=0.5)]
+    model.zero_grad()
+    for cfg in cfgs:
+        palu_loss(model, {"forget": forget, "retain": retain}, ref_head, cfg)["loss"].backward()
+    g_fast = torch.cat([p.grad.flatten() for p in model.parameters()])
+    g_slow = grads(model, sum(official_loss(model, ref_model, forget, retain, cfg) for cfg in cfgs))
+    assert rel(g_fast, g_slow) <= 1e-4
+
+
 def test_logged_terms_add_up(setup):
     model, ref_model, forget, retain = setup
     cfg = PaluConfig(top_k=5, first_n=2, gamma=3.0, alpha=0.25)

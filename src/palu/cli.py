@@ -19,7 +19,7 @@ from palu.config import describe
 from palu.errors import PaluError, explain
 
 # each a module palu.commands.<verb>
-VERBS = ("demo", "finetune", "unlearn", "eval", "annotate", "attack", "sweep", "curve", "report")
+VERBS = ("demo", "finetune", "unlearn", "eval", "annotate", "attack", "sweep", "curve", "report", "plan")
 
 
 def default_threads() -> int:

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from palu.errors import PaluError
 
@@ -42,8 +49,8 @@ def train_bpe_tokenizer(texts, vocab_size: int = 8000) -> PreTrainedTokenizerFas
 
 
 def tiny_llama(vocab_size: int, hidden: int = 256, layers: int = 4, heads: int = 4, max_positions: int = 512,
-               tokenizer=None, seed: int = 0) -> LlamaForCausalLM:
-    """A randomly initialised small Llama (about 5M parameters at the defaults and an 8k vocabulary)."""
+               tokenizer=None, seed: int = 0, dtype: str = "float32") -> LlamaForCausalLM:
+    """A randomly initialised small Llama (about 5M parameters at the defaults and an 8k vocabulary), in ``dtype``."""
     kwargs = {}
     if tokenizer is not None:
         kwargs = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -60,7 +67,7 @@ def tiny_llama(vocab_size: int, hidden: int = 256, layers: int = 4, heads: int =
         **kwargs,
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(config).to(getattr(torch, dtype))  # initialised in float32 whatever the dtype
 
 
 def require_model(cfg) -> None:
@@ -104,14 +111,35 @@ def load_model(name_or_path: str, dtype: str = "auto"):
         return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype, trust_remote_code=remote)
 
 
+def load_model_config(name_or_path: str):
+    """A model's config alone, no weights: from a folder, else the local hub cache, else the hub."""
+    remote = _REMOTE_CODE["trust"]
+    with _loading("model config", name_or_path):
+        if Path(name_or_path).exists():
+            return AutoConfig.from_pretrained(name_or_path, trust_remote_code=remote)
+        try:
+            return AutoConfig.from_pretrained(name_or_path, local_files_only=True, trust_remote_code=remote)
+        except OSError:  # not cached: ask the hub
+            return AutoConfig.from_pretrained(name_or_path, trust_remote_code=remote)
+
+
+def in_dtype(model, dtype: str):
+    """``model`` cast in place to ``dtype`` ("float32", "bfloat16") unless it is already in it: training holds
+    the weights in the type its config names, whichever type the caller loaded them in."""
+    if model.dtype != getattr(torch, dtype):
+        model.to(getattr(torch, dtype))
+    return model
+
+
 def _looks_local(name: str) -> bool:
     """A path no hub id can be: absolute, relative to here or home, or more than one folder deep."""
     return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name
 
 
-def load_model_and_tokenizer(model: str, tokenizer: str | None = None):
-    """A model and its tokenizer (``tokenizer`` when given, else the model's own)."""
-    return load_model(model), load_tokenizer(tokenizer or model)
+def load_model_and_tokenizer(model: str, tokenizer: str | None = None, dtype: str = "auto"):
+    """A model in ``dtype`` (see :func:`load_model`) and its tokenizer (``tokenizer`` when given, else the
+    model's own)."""
+    return load_model(model, dtype), load_tokenizer(tokenizer or model)
 
 
 @contextmanager

@@ -43,6 +43,7 @@ from palu.distributed import process_state
 from palu.errors import PaluError, os_error
 from palu.eval.core import summary
 from palu.io import parent_ready, read_json, read_text, replacing_dir, write_json, write_text
+from palu.sharding import full_state_dict
 
 MARKER = ".palu"
 LOCK = ".palu.lock"
@@ -180,12 +181,14 @@ def finish(run: str | Path, model, tokenizer, history: list[dict]) -> Path:
 def save_model(folder: Path, model, tokenizer) -> Path:
     """``save_pretrained`` of both into ``folder``, which holds all of them or what it held before.
 
-    Every process of a multi-process run calls it; the main one writes while the others wait."""
+    Every process of a multi-process run calls it; the main one writes while the others wait (and help
+    gather the weights of a sharded model)."""
     state = process_state()
+    weights = full_state_dict(model)
     if state.is_main_process:
         with replacing_dir(folder) as tmp:
             try:
-                model.save_pretrained(tmp)
+                model.save_pretrained(tmp, state_dict=weights)
                 tokenizer.save_pretrained(tmp)
             except OSError as e:
                 raise os_error(e, folder) from None

@@ -94,15 +94,15 @@ class _Run:
                                 c.max_new_tokens, c.max_length, progress=self.progress)
         return {"forget_indices": indices, "metrics": metrics}
 
-    def load(self):
+    def load(self, dtype: str = "auto"):
         """A fresh copy of the model under attack, and its tokenizer: no attack sees another's changes."""
-        return load_model_and_tokenizer(self.cfg.model, self.cfg.tokenizer)
+        return load_model_and_tokenizer(self.cfg.model, self.cfg.tokenizer, dtype)
 
     def unattacked(self) -> dict:
         return self.score(*self.load())
 
     def relearned(self, relearned: list[int]) -> dict:
-        model, tok = self.load()
+        model, tok = self.load(self.cfg.relearn.dtype)
         folder = self.out / RELEARN_DIR
         items = [self.sets["forget"][i] for i in relearned]
         history = finetune(model, tok, items, self.cfg.relearn, self.cfg.prompt, folder, progress=self.progress)

@@ -81,9 +81,9 @@ def run_finetune(cfg: Config, overwrite: bool = False, resume: bool = False, pro
                                                                                           cfg.scratch.vocab_size)
             s = cfg.scratch
             model = tiny_llama(len(tok), s.hidden, s.layers, s.heads, s.max_positions, tokenizer=tok,
-                               seed=cfg.train.seed)
+                               seed=cfg.train.seed, dtype=cfg.train.dtype)
         else:
-            model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer)
+            model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer, cfg.train.dtype)
         stop = None
         if cfg.early_stop is not None:
             stop = StopWhenKnown(cfg.early_stop, load_items(cfg.early_stop.data, cfg.synthetic), tok, cfg.prompt,

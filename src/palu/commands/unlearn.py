@@ -76,7 +76,7 @@ def run_unlearn(cfg: Config, overwrite: bool = False, resume: bool = False, prog
             log.info("%s is already finished", out)
             return out / MODEL_DIR
         forget, retain = load_items(cfg.forget, cfg.synthetic), load_items(cfg.retain, cfg.synthetic)
-        model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer)
+        model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer, cfg.train.dtype)
         if cfg.peft is not None:
             model = add_adapter(model, cfg.peft)
         evaluator = None

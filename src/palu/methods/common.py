@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from palu.config import Choice, require
 from palu.data.labels import IGNORE_INDEX
 from palu.data.qa import QAItem
-from palu.methods.head import Head, head_loss_sum
+from palu.methods.head import Head, Rows, head_loss
 from palu.methods.space import Knob
 from palu.registry import Registry
 
@@ -74,11 +74,19 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets, reduction="none")
 
 
+def answer_rows(model, batch: dict, kind: str = "nll", scale: float = 1.0) -> Rows:
+    """The final hidden states at ``batch``'s answer positions as rows of the fused head loss, scored by
+    the answer tokens' NLL ("nll") or by KL(P_ref || P_theta) against ``batch["ref_hidden"]`` ("kl")."""
+    h, targets = at_answers(final_hidden(model, batch), batch)
+    if kind == "nll":
+        return Rows(h, "ce", targets=targets, scale=scale)
+    return Rows(h, "reverse_kl", ref_h=batch["ref_hidden"], scale=scale)
+
+
 def answer_nll(model, batch: dict) -> torch.Tensor:
     """NLL(y): the mean answer-token negative log-likelihood over the batch (a zero in the graph if none),
     through the fused head loss, so the answer logits are never all held at once."""
-    h, targets = at_answers(final_hidden(model, batch), batch)
-    return head_loss_sum(h, Head.of(model), "ce", targets=targets) / len(targets) if len(targets) else h.sum() * 0.0
+    return head_loss(Head.of(model), [answer_rows(model, batch)])[0]
 
 
 def sequence_logprob(h: torch.Tensor, batch: dict, head: Head) -> torch.Tensor:
@@ -110,12 +118,7 @@ def retain_loss(model, batch: dict, ref_head: Head | None, kind: str) -> torch.T
 
     The KL direction is open-unlearning's; it is averaged over answer positions only.
     """
-    if kind == "nll":
-        return answer_nll(model, batch)
-    h, _ = at_answers(final_hidden(model, batch), batch)
-    if not len(h):
-        return h.sum() * 0.0
-    return head_loss_sum(h, Head.of(model), "reverse_kl", ref_h=batch["ref_hidden"], ref_head=ref_head) / len(h)
+    return head_loss(Head.of(model), [answer_rows(model, batch, kind)], ref_head)[0]
 
 
 

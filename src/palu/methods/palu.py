@@ -19,12 +19,12 @@ from palu.methods.common import (
     Method,
     WeightedOptions,
     answer_positions,
+    answer_rows,
     final_hidden,
     mean_or_zero,
     register,
-    retain_loss,
 )
-from palu.methods.head import head_loss_sum, ref_argmax
+from palu.methods.head import Rows, head_loss, ref_argmax
 from palu.methods.space import Knob
 
 
@@ -76,21 +76,20 @@ def local_entropy(h: torch.Tensor, ref_h: torch.Tensor, head: Head, ref_head: He
     return ((z - c) ** 2).mean(-1)
 
 
-def ordinary_constraint(h: torch.Tensor, ref_h: torch.Tensor, head: Head, ref_head: Head,
-                        kind: str) -> torch.Tensor:
-    """Mean distance of the current next-token distributions to the reference's, chunked over rows."""
-    if not len(h):
-        return h.sum() * 0.0
+def ordinary_rows(h: torch.Tensor, ref_h: torch.Tensor, ref_head: Head, kind: str, scale: float) -> Rows:
+    """The ordinary-token constraint as rows of the fused head loss: the distance of the current
+    next-token distributions at hidden states ``h`` to the reference's at ``ref_h``."""
     if kind == "nll":
-        return head_loss_sum(h, head, "ce", targets=ref_argmax(ref_h, ref_head)) / len(h)
-    return head_loss_sum(h, head, kind, ref_h=ref_h, ref_head=ref_head) / len(h)
+        return Rows(h, "ce", targets=ref_argmax(ref_h, ref_head), scale=scale)
+    return Rows(h, kind, ref_h=ref_h, scale=scale)
 
 
 def palu_loss(model, batch: dict, ref_head: Head, cfg: PaluConfig) -> dict[str, torch.Tensor]:
     """``gamma * L_sens + alpha * L_retain + alpha * L_ord`` on a paired forget/retain batch.
 
     ``batch["forget"]["ref_hidden"]`` holds the reference's final hidden states at the forget
-    batch's answer positions, in row-major order.
+    batch's answer positions, in row-major order. The ordinary-token constraint and the retain term
+    share one pass of the fused head loss.
     """
     forget = batch["forget"]
     head = Head.of(model)
@@ -100,9 +99,10 @@ def palu_loss(model, batch: dict, ref_head: Head, cfg: PaluConfig) -> dict[str, 
     ordinary = (forget["token_class"][:, 1:] == ORDINARY)[answers]
     ref_h = forget["ref_hidden"]
     sens = mean_or_zero(local_entropy(h[selected], ref_h[selected], head, ref_head, cfg.top_k, cfg.target), h)
-    ord_ = ordinary_constraint(h[ordinary], ref_h[ordinary], head, ref_head, cfg.constraint)
-    ret = retain_loss(model, batch["retain"], ref_head, cfg.retain_loss)
-    total = cfg.gamma * sens + cfg.alpha * ret + cfg.alpha * ord_
+    rows = [ordinary_rows(h[ordinary], ref_h[ordinary], ref_head, cfg.constraint, cfg.alpha),
+            answer_rows(model, batch["retain"], cfg.retain_loss, cfg.alpha)]
+    head_terms, (ord_, ret) = head_loss(head, rows, ref_head)
+    total = cfg.gamma * sens + head_terms
     return {"loss": total, "forget": sens.detach(), "ordinary": ord_.detach(), "retain": ret.detach()}
 
 

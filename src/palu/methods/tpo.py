@@ -19,14 +19,13 @@ from palu.methods.common import (
     Method,
     RetainOptions,
     answer_positions,
+    answer_rows,
     final_hidden,
-    mean_or_zero,
     preference_loss,
     register,
-    retain_loss,
     sequence_sums,
-    token_nll,
 )
+from palu.methods.head import Rows, head_loss
 from palu.methods.space import Knob
 
 
@@ -53,7 +52,8 @@ def tpo_loss(model, batch: dict, ref_head: Head, cfg: TPOConfig) -> dict[str, to
     """``L_f + NLL_ordinary + R``, with ``L_f = -(2/beta) mean logsigma(beta (zbar_ref - zbar_theta))``.
 
     zbar is one sequence's mean gold-token logit over its sensitive positions; the mean runs over
-    the sequences that have any (L_f is 0 when none has).
+    the sequences that have any (L_f is 0 when none has). The ordinary-token NLL and the retain term
+    share one pass of the fused head loss.
     """
     forget = batch["forget"]
     head = Head.of(model)
@@ -68,9 +68,9 @@ def tpo_loss(model, batch: dict, ref_head: Head, cfg: TPOConfig) -> dict[str, to
     has = count > 0
     sens = preference_loss((zbar_ref[has] - zbar[has]) / count[has], cfg.beta)
     ordinary = cls == ORDINARY
-    ord_ = mean_or_zero(token_nll(head.logits(h[ordinary]), targets[ordinary]), h)
-    ret = retain_loss(model, batch["retain"], ref_head, cfg.retain_loss)
-    return {"loss": sens + ord_ + ret, "forget": sens.detach(), "ordinary": ord_.detach(), "retain": ret.detach()}
+    rows = [Rows(h[ordinary], "ce", targets=targets[ordinary]), answer_rows(model, batch["retain"], cfg.retain_loss)]
+    head_terms, (ord_, ret) = head_loss(head, rows, ref_head)
+    return {"loss": sens + head_terms, "forget": sens.detach(), "ordinary": ord_, "retain": ret}
 
 
 SPACE = {"beta": Knob(0.1, 0.5, source="TPO's tuned 0.19 to 0.32")}

@@ -12,6 +12,7 @@ from palu.data.qa import QAItem
 from palu.errors import PaluError
 from palu.eval.metrics import answer_prob, rouge_l
 from palu.eval.scoring import generate, nll_and_accuracy
+from palu.models import in_dtype
 from palu.train.loop import STOP, EpochData, TrainConfig, train
 
 
@@ -61,6 +62,7 @@ def finetune(model, tokenizer, items: list[QAItem], train_cfg: TrainConfig, prom
     """Train ``model`` in place to answer ``items``; returns the per-epoch history."""
     if not items:
         raise PaluError("fine-tuning needs at least one QA item.")
+    in_dtype(model, train_cfg.dtype)
     encoded = encode_all(tokenizer, items, prompt, train_cfg.max_length)
     data = EpochData(len(encoded), lambda i, epoch: encoded[i], train_cfg.seed)
     pad = tokenizer.pad_token_id

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from safetensors import SafetensorError
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -27,6 +27,7 @@ from palu.config import require
 from palu.errors import PaluError
 from palu.io import read_json, write_json
 from palu.runs import CHECKPOINT, CHECKPOINT_STATE, LOGS, saved_config
+from palu.sharding import apply_accelerate_config, release
 
 STOP = "stopped_early"  # an epoch hook returning {STOP: True} ends training after that epoch
 
@@ -46,7 +47,12 @@ class TrainConfig:
         weight_decay: AdamW weight decay (official: 0.01).
         max_grad_norm: gradient clipping (0 disables it).
         max_length: longest tokenised example; longer answers are cut at the end, with a warning.
-        bf16: "auto" (bf16 autocast where the device supports it), "true" or "false".
+        bf16: bf16 autocast: "auto" (where the device supports bf16, and always with bfloat16 weights),
+            "true" or "false".
+        dtype: the type of the weights, their gradients and AdamW's states: "float32" (float32 master
+            weights; the computation is bf16 under autocast) or "bfloat16" (everything in bf16, as the
+            official PALU code trains: half the memory for weights, gradients and optimizer states, but
+            an update smaller than bf16's precision of a weight is lost). The model is loaded in it.
         gradient_checkpointing: trade compute for activation memory.
         seed: seeds initialisation of the data order, the forget/retain pairing and dropout.
         report_to: an experiment tracker (through accelerate) that receives every loss term each
@@ -66,6 +72,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     max_length: int = 512
     bf16: str = "auto"
+    dtype: Literal["float32", "bfloat16"] = "float32"
     gradient_checkpointing: bool = False
     seed: int = 0
     report_to: Literal["none", "tensorboard", "wandb", "mlflow", "trackio"] = "none"
@@ -74,6 +81,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if str(self.bf16).lower() not in ("auto", "true", "false"):
             raise PaluError(f"train.bf16 must be auto, true or false, not {self.bf16!r}.")
+        if self.dtype == "bfloat16" and str(self.bf16).lower() == "false":
+            raise PaluError("train.dtype=bfloat16 computes in bf16, so train.bf16=false cannot hold: leave train.bf16 "
+                            "at auto, or set train.dtype=float32 to compute in float32.")
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise PaluError("train.epochs, train.batch_size and train.grad_accum must be at least 1.")
         require(self.lr > 0, "lr", "a positive number", self.lr)
@@ -107,11 +117,14 @@ class EpochData(Dataset):
         return self.fetch(self.order[i], self.epoch)
 
 
-def mixed_precision(setting: str) -> str:
-    """bf16 autocast where it helps: CUDA with bf16 support, or a CPU with native bf16 instructions."""
-    setting = str(setting).lower()
+def mixed_precision(cfg: TrainConfig) -> str:
+    """bf16 autocast where it helps: CUDA with bf16 support, a CPU with native bf16 instructions, or bf16
+    weights on any device (they compute in bf16 anyway; autocast keeps softmax and losses in float32)."""
+    setting = str(cfg.bf16).lower()
     if setting != "auto":
         return "bf16" if setting == "true" else "no"
+    if cfg.dtype == "bfloat16":
+        return "bf16"
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     return "bf16" if torch.backends.mkldnn.is_available() and _cpu_has_bf16() else "no"
@@ -126,7 +139,7 @@ def _cpu_has_bf16() -> bool:
 
 def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainConfig, out_dir: Path,
           resume: bool = False, on_epoch_end: Callable | None = None, progress: bool = True,
-          stateful: tuple = ()) -> list[dict]:
+          stateful: tuple = (), on_prepared: Callable | None = None) -> list[dict]:
     """Optimise ``step(model, batch) -> {"loss": ..., other logged terms}`` over ``data``.
 
     After every epoch: ``on_epoch_end(epoch, model)`` may return metrics to log (with ``STOP: True``
@@ -134,17 +147,24 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
     the previous one in ``out_dir/checkpoint``.
     Returns the per-epoch history (mean of each logged term, plus the hook's metrics).
     ``stateful`` objects (with ``state_dict``/``load_state_dict``) are checkpointed with the model.
+    ``on_prepared(model)`` runs once the model is on its device (and sharded, with an FSDP2 or ZeRO-3
+    config), before any update or resumed state: where a frozen reference is computed.
     """
     if cfg.report_to != "none" and importlib.util.find_spec(cfg.report_to) is None:  # accelerate would only warn
         raise PaluError(f"train.report_to={cfg.report_to} needs the {cfg.report_to} package: "
                         f"pip install {cfg.report_to} (or set train.report_to=none).")
     set_seed(cfg.seed)
-    AcceleratorState._reset_state()  # keeps the process group; lets one process train with other precisions
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed_precision(cfg.bf16),
+    # each run sets up accelerate afresh (other precisions, a sharding config applied again); the process group stays
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed_precision(cfg),
                               cpu=not torch.accelerator.is_available(),  # cpu: several CPU processes use gloo
                               log_with=None if cfg.report_to == "none" else cfg.report_to,
                               project_config=ProjectConfiguration(project_dir=str(out_dir),
                                                                   logging_dir=str(Path(out_dir) / LOGS)))
+    apply_accelerate_config(accelerator)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # it clips in its own step; "auto": max_grad_norm
+        accelerator.state.deepspeed_plugin.fill_match("gradient_clipping", must_match=False,
+                                                      gradient_clipping=cfg.max_grad_norm)
     if cfg.report_to != "none":
         accelerator.init_trackers(Path(out_dir).resolve().name, config=hyperparameters(out_dir, cfg))
     if cfg.gradient_checkpointing:
@@ -160,6 +180,10 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
         num_training_steps=cfg.epochs * updates_per_epoch,
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    params = [p for p in model.parameters() if p.requires_grad]  # sharding replaces the parameters
+    if on_prepared is not None:
+        on_prepared(accelerator.unwrap_model(model))
+        release(model)
     if stateful:
         accelerator.register_for_checkpointing(*stateful)
     ckpt = Path(out_dir) / CHECKPOINT
@@ -177,9 +201,10 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
                 losses = step(model, batch)
                 guard.check(losses["loss"], "the loss", epoch + 1, index)
                 accelerator.backward(losses["loss"])
+                release(model)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                    guard.check(norm, "the gradient norm", epoch + 1, index)
+                    norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)  # DeepSpeed: its last step's, a float
+                    guard.check(torch.as_tensor(norm), "the gradient norm", epoch + 1, index)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()

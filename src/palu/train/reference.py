@@ -9,6 +9,8 @@ layer's states the same way.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
@@ -26,7 +28,9 @@ def reference_hidden(model, examples: list[Encoded], pad_id: int, batch_size: in
 
     ``index`` picks the entry of ``hidden_states`` (-1: final, post-norm; see
     :func:`palu.methods.common.hidden_state`). Runs on the training device; with several
-    processes each computes a share and all of them receive every example's states.
+    processes each computes a share and all of them receive every example's states. Every
+    process runs as many forward passes, since a sharded model gathers its weights for each
+    with all of them taking part.
     """
     state = process_state()
     was_training = model.training
@@ -34,12 +38,15 @@ def reference_hidden(model, examples: list[Encoded], pad_id: int, batch_size: in
     model.to(state.device)
     batches = length_batches([len(e.input_ids) for e in examples], batch_size, longest_first=False,
                              shard=(state.process_index, state.num_processes))  # every process gets short and long ones
+    passes = math.ceil(math.ceil(len(examples) / state.num_processes) / batch_size)  # the first process's share
     computed = []
-    for idx in tqdm(batches, desc="reference", disable=not (progress and state.is_main_process), leave=False):
+    for number, idx in enumerate(tqdm(batches + [[0]] * (passes - len(batches)), desc="reference",
+                                      disable=not (progress and state.is_main_process), leave=False)):
         batch = {k: v.to(state.device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
         hidden = hidden_state(model, batch, index)[:, :-1]
         mask = answer_positions(batch)
-        computed.append((idx, [hidden[row][mask[row]].cpu() for row in range(len(idx))]))
+        if number < len(batches):  # the others only keep in step
+            computed.append((idx, [hidden[row][mask[row]].cpu() for row in range(len(idx))]))
     if state.num_processes > 1:
         computed = gather_object(computed)
     model.train(was_training)

@@ -22,6 +22,7 @@ from palu.data.qa import QAItem, shared_items
 from palu.errors import PaluError
 from palu.methods import get_method
 from palu.methods.common import Head, Setup
+from palu.models import in_dtype
 from palu.train.loop import EpochData, TrainConfig, train
 from palu.train.reference import reference_hidden
 
@@ -78,6 +79,7 @@ def unlearn(model, tokenizer, forget: list[QAItem], retain: list[QAItem], method
     if unmarked and spec.uses_spans:
         log.warning("%d of %d forget items have no sensitive span (first: %s); %s gets no forget term on them.",
                     len(unmarked), len(forget), unmarked[0], spec.name)
+    in_dtype(model, train_cfg.dtype)  # before the reference is taken: it is held in the weights' type
     setup = spec.prepare(method_cfg, model, forget, train_cfg.seed) if spec.prepare else Setup()
     if setup.extra and any(item.is_document for item in forget):
         raise PaluError(f"{spec.name} pairs each forget answer with sequences built from its question "
@@ -85,28 +87,33 @@ def unlearn(model, tokenizer, forget: list[QAItem], retain: list[QAItem], method
                         "another method (npo, simnpo, graddiff, palu, ...).")
     pad = tokenizer.pad_token_id
 
-    def encoded_with_references(items: list[QAItem], indices: dict[str, int]):
-        """Encoded items and, per item, ``{key: reference hidden states at hidden_states[index]}``."""
-        enc = encode_all(tokenizer, items, prompt, train_cfg.max_length)
-        refs = {key: reference_hidden(model, enc, pad, train_cfg.batch_size, progress, index)
-                for key, index in indices.items()}
-        return enc, [{key: states[i] for key, states in refs.items()} for i in range(len(enc))]
-
-    ref_head = Head.of(model).frozen_copy()
-    per_forget = {"forget": encoded_with_references(forget, {"ref_hidden": -1})}
-    per_forget.update({name: encoded_with_references(items, {"ref_hidden": -1}) for name, items in setup.extra.items()})
+    encode = lambda items: encode_all(tokenizer, items, prompt, train_cfg.max_length)
+    per_forget = {"forget": encode(forget), **{name: encode(items) for name, items in setup.extra.items()}}
+    retain_enc = encode(retain)
     retain_indices = dict(setup.retain_references)
     if getattr(method_cfg, "needs_retain_reference", False):
         retain_indices["ref_hidden"] = -1
-    retain_enc, retain_refs = encoded_with_references(retain, retain_indices)
+    indices = {**{side: {"ref_hidden": -1} for side in per_forget}, "retain": retain_indices}
+    refs: dict[str, list[dict]] = {}
+    ref_head = None
+
+    def references(model) -> None:
+        """The frozen reference, from the model as training runs it (on its device, sharded or not): its
+        output layer and, per example, ``{key: reference hidden states at hidden_states[index]}``."""
+        nonlocal ref_head
+        ref_head = Head.of(model).frozen_copy()
+        for side, enc in {**per_forget, "retain": retain_enc}.items():
+            states = {key: reference_hidden(model, enc, pad, train_cfg.batch_size, progress, index)
+                      for key, index in indices[side].items()}
+            refs[side] = [{key: values[i] for key, values in states.items()} for i in range(len(enc))]
 
     def fetch(i: int, epoch: int) -> dict[str, tuple[Encoded, dict]]:
         j = random.Random(f"{train_cfg.seed}:{epoch}:{i}").randrange(len(retain_enc))
-        row = {side: (enc[i], refs[i]) for side, (enc, refs) in per_forget.items()}
-        row["retain"] = (retain_enc[j], retain_refs[j])
+        row = {side: (enc[i], refs[side][i]) for side, enc in per_forget.items()}
+        row["retain"] = (retain_enc[j], refs["retain"][j])
         return row
 
-    data = EpochData(len(per_forget["forget"][0]), fetch, train_cfg.seed)  # a document gives several windows
+    data = EpochData(len(per_forget["forget"]), fetch, train_cfg.seed)  # a document gives several windows
 
     def step(model, batch):
         nonlocal ref_head
@@ -116,4 +123,4 @@ def unlearn(model, tokenizer, forget: list[QAItem], retain: list[QAItem], method
     with train_only(model, setup.trainable):
         stateful = tuple(v for v in setup.state.values() if hasattr(v, "load_state_dict"))
         return train(model, data, paired_collate(pad), step, train_cfg, out_dir, resume, on_epoch_end, progress,
-                     stateful)
+                     stateful, on_prepared=references)
