@@ -45,14 +45,15 @@ def test_the_estimate_matches_the_formula_by_hand():
     params, tokens = 210240, 32
     weights, head = params * 2, 1000 * 64
     layer = 24 * 64 + 8 * 128 + 2 * 16  # bytes a layer keeps per token with bf16 weights
-    one_pass = tokens * 2 * layer + 4 * head  # two layers, and the fused head loss's float32 gradient
+    forget_pass = tokens * 2 * layer  # two layers; PALU's forget term holds no output-layer gradient
+    retain_pass = forget_pass + 4 * head  # and the one fused call's float32 gradient (ordinary and retain terms)
     reference = head * 2 + tokens * 64 * 2  # frozen output layer, the batch's reference states
-    forward = 2 * one_pass + 3 * tokens * 1000 * 4  # both passes, and a chunk of the head loss (all 32 rows)
-    backward = one_pass + max(one_pass, weights) + 4 * head  # retain pass freed while gradients fill in
+    forward = forget_pass + retain_pass + 2 * tokens * 1000 * 4  # both passes, and a chunk's two buffers (32 rows)
+    backward = forget_pass + max(retain_pass, weights) + 4 * head  # retain pass freed while gradients fill in
     e = estimate(shape, setting)
     assert (e.weights, e.gradients, e.optimizer, e.reference) == (weights, weights, 2 * weights, reference)
-    assert (e.activations, e.update) == (2 * one_pass, weights)
-    assert e.peak == weights + 2 * weights + reference + max(forward, backward, 2 * weights) == 2621312
+    assert (e.activations, e.update) == (forget_pass + retain_pass, weights)
+    assert e.peak == weights + 2 * weights + reference + max(forward, backward, 2 * weights)
     assert e.total == e.peak + GIB
 
     second = estimate(shape, setting, second_model=True)

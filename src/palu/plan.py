@@ -32,19 +32,20 @@ ACTIVATIONS = {
     (True, "float32"): (32, 16, 4), (True, "autocast"): (28, 8, 2), (True, "bfloat16"): (40, 10, 2),
 }
 # What each forward pass with gradients of a step holds at the output layer: "fused" (the chunked head
-# loss: a float32 gradient of the output layer), "logits" (full-vocabulary log-probabilities of every
+# loss: a float32 gradient of the output layer; PALU and TPO compute their ordinary-token and retain
+# terms in one such call, after the retain pass), "logits" (full-vocabulary log-probabilities of every
 # answer token, kept for backward) or "hidden" (a loss on hidden states only). Passes in forward order;
 # backward runs through the last one first.
 METHOD_PASSES = {
-    "palu": ("fused", "fused"), "ga": ("fused",), "graddiff": ("fused", "fused"), "npo": ("logits", "fused"),
+    "palu": ("hidden", "fused"), "ga": ("fused",), "graddiff": ("fused", "fused"), "npo": ("logits", "fused"),
     "simnpo": ("logits", "fused"), "idkdpo": ("logits", "logits", "fused"), "rmu": ("hidden", "hidden"),
-    "wga": ("logits", "fused"), "pdu": ("logits", "fused"), "tpo": ("logits", "fused"),
+    "wga": ("logits", "fused"), "pdu": ("logits", "fused"), "tpo": ("hidden", "fused"),
 }
 LOGIT_BYTES = 8  # per answer token and vocabulary entry: a float32 log-softmax kept, and its gradient
 # the usual structure: both models' logits, log-softmaxes and their difference on forget; logits and a
 # log-softmax on retain (per token and vocabulary entry, measured)
 SECOND_MODEL_LOGIT_BYTES = (20, 8)
-HEAD_CHUNK_TEMPORARIES = 3  # logits, log-probabilities and their gradient (measured)
+HEAD_CHUNK_TEMPORARIES = 2  # one chunk's logits and their gradient, in reused buffers (3 with reverse KL)
 
 
 @dataclass(frozen=True)
