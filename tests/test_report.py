@@ -144,3 +144,14 @@ def test_a_headless_browser_renders_the_page_without_console_errors(report, tmp_
     dom = proc.stdout
     assert dom.count("<svg") == page.read_text().count("<svg") > 0
     assert "<polyline" in dom and "<circle" in dom and '<mark class="span">' in dom
+
+
+def test_runs_of_the_same_name_take_the_parent_folders_that_tell_them_apart(tmp_path):
+    from palu.report.discover import Run, _unique_names
+
+    runs = [Run("step-1", "unlearned", run_dir=tmp_path / method / prop / "step-1")
+            for method in ("palu", "rmu") for prop in ("scalability", "sustainability")]
+    runs.append(Run("retain", "retain", eval_dir=tmp_path / "eval-retain"))
+    _unique_names(runs)
+    assert [r.name for r in runs] == ["palu/scalability/step-1", "palu/sustainability/step-1",
+                                      "rmu/scalability/step-1", "rmu/sustainability/step-1", "retain"]

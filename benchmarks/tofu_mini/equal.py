@@ -58,9 +58,11 @@ class EqualSearch:
                                "forget_quality": best["forget_quality"], "utility": best["model_utility"]})
         return points
 
-    def run_all(self) -> dict:
+    def run_all(self, methods: list[str] | None = None) -> dict:
+        """Every method's search (or only ``methods``: workers on two cores split the list, and a last
+        call without it gathers every finished search into the table)."""
         table, plane = self.cmp.references(), []
-        for method in METHODS:
+        for method in methods or METHODS:
             log.info("equal search: %s", method)
             folder = self.sweep(method)
             plane += self.points(method, folder)

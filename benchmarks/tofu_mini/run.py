@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import LRS, Comparison  # noqa: E402
+from compare import LRS, METHODS, Comparison  # noqa: E402
 from equal import EqualSearch  # noqa: E402
 from grid import KS, NS, label, run_grid  # noqa: E402
 from protocol import Protocol  # noqa: E402
@@ -49,6 +49,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5, help="unlearning epochs per run")
     p.add_argument("--trials", type=int, default=30, help="runs of the sweep stage")
     p.add_argument("--equal-trials", type=int, default=8, help="sweep trials per method in the equal stage")
+    p.add_argument("--methods", help="the equal stage for only these methods (comma-separated, as in the table), "
+                                     "to split it between workers; the table is written without it")
     p.add_argument("--pretrain", action="store_true", help="the second regime: pretrain on general English first")
     p.add_argument("--pretrain-data", type=Path, default=ROOT.parent / "shared" / "data" / "muse_news" / "raw",
                    help="general text for --pretrain: *.jsonl of {\"text\"} (default: MUSE-News's BBC articles)")
@@ -61,8 +63,11 @@ def main() -> None:
     args.results = args.results or ROOT / "benchmarks" / "results" / f"{regime.replace('-', '_')}.md"
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = sorted(set(stages) - set(STAGES))
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     if unknown or not 1 <= args.budget <= 12:
         p.error(f"unknown stage {unknown[0]!r}" if unknown else "--budget must be between 1 and 12")
+    if methods and set(methods) - set(METHODS):
+        p.error(f"unknown method {sorted(set(methods) - set(METHODS))[0]!r}; choose from {', '.join(METHODS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -104,7 +109,10 @@ def main() -> None:
         write_text(args.results, "\n\n".join([*sections, wall()]) + "\n")
         print(f"results in {args.results}")
     if "equal" in stages:  # its own file, so the stages above and this one can be rerun apart
-        found = EqualSearch(cmp, args.equal_trials).run_all()
+        found = EqualSearch(cmp, args.equal_trials).run_all(methods)
+        if methods:
+            print(f"equal search done for {', '.join(methods)}; run without --methods for the table")
+            return
         equal = args.results.with_name(f"{args.results.stem}_equal.md")
         write_json(equal.with_suffix(".json"), found)
         write_text(equal, "\n\n".join([header(args, protocol), f"## Equal search: every method, {args.equal_trials} "

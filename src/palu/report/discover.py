@@ -118,11 +118,16 @@ def _before_of(run_dir: Path) -> Run | None:
 
 
 def _unique_names(runs: list[Run]) -> None:
-    """Runs of the same name from different folders (two demos' ``unlearned``) get the folder's name too."""
-    names = [r.name for r in runs]
-    for run in runs:
-        if names.count(run.name) > 1:
-            run.name = f"{(run.run_dir or run.eval_dir).parent.name}/{run.name}"
+    """Runs of the same name from different folders (two demos' ``unlearned``, two methods'
+    ``scalability/step-1``) get as many of their parent folders' names as tell them apart."""
+    clashing = [r for r in runs if sum(o.name == r.name for o in runs) > 1]
+    parents = [(r.run_dir or r.eval_dir).resolve().parent.parts for r in clashing]
+    for depth in range(1, max(map(len, parents), default=0) + 1):
+        names = ["/".join((*up[-depth:], r.name)) for r, up in zip(clashing, parents)]
+        if len(set(names)) == len(names):
+            break
+    for run, name in zip(clashing, names if clashing else []):
+        run.name = name
 
 
 def _load(run: Run) -> None:
