@@ -62,7 +62,7 @@ def official_loss(model, ref_model, forget, retain, cfg: PaluConfig):
     span_ids = forget["span_id"][:, 1:]
     logits, ref_logits = logits[:, :-1], ref_logits[:, :-1]
     vocab = logits.shape[-1]
-    sens_terms, ord_terms = [], []
+    sens_terms, ref_terms, ord_terms = [], [], []
     for b in range(logits.shape[0]):
         runs = []
         for t in range(labels.shape[1]):
@@ -81,6 +81,9 @@ def official_loss(model, ref_model, forget, retain, cfg: PaluConfig):
             chosen = logits[b, t, top]
             c = logits[b, t].mean() if cfg.target == "mean" else chosen.mean()
             sens_terms.append(((chosen - c) ** 2).mean())
+            ref_chosen = ref_logits[b, t, top]
+            ref_c = ref_logits[b, t].mean() if cfg.target == "mean" else ref_chosen.mean()
+            ref_terms.append(((ref_chosen - ref_c) ** 2).mean())
         for t in range(labels.shape[1]):
             if labels[b, t] == -200:
                 logp = F.log_softmax(logits[b, t], -1)
@@ -92,6 +95,8 @@ def official_loss(model, ref_model, forget, retain, cfg: PaluConfig):
                 else:
                     ord_terms.append(-logp[ref_logits[b, t].argmax()])
     sens = torch.stack(sens_terms).mean() if sens_terms else logits.sum() * 0
+    if cfg.forget_scale == "reference" and sens_terms:
+        sens = sens / torch.stack(ref_terms).mean()
     ord_ = torch.stack(ord_terms).mean() if ord_terms else logits.sum() * 0
     if cfg.retain_loss == "nll":
         ret = model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"], labels=retain["labels"]).loss
@@ -144,11 +149,13 @@ CONFIGS = [
     PaluConfig(top_k=10, first_n=2, constraint="reverse_kl"),
     PaluConfig(top_k=10, first_n=2, constraint="nll"),
     PaluConfig(top_k=10, first_n=2, retain_loss="kl"),
+    PaluConfig(top_k=50, first_n=3, forget_scale="reference"),
+    PaluConfig(top_k=10, first_n=2, target="local_mean", forget_scale="reference"),
 ]
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"K{c.top_k}-N{c.first_n}-{c.target}-{c.constraint}-"
-                                                        f"{c.retain_loss}-split{int(c.split_spans)}")
+                                                        f"{c.retain_loss}-split{int(c.split_spans)}-{c.forget_scale}")
 def test_loss_and_gradients_match_the_official_structure(setup, cfg):
     model, ref_model, forget, retain = setup
     ref_head = Head.of(ref_model).frozen_copy()
@@ -196,8 +203,29 @@ def test_unchanged_model_has_no_ordinary_or_kl_pressure(setup):
     assert float(out["ordinary"]) < 1e-6 and float(out["retain"]) < 1e-6
 
 
+def test_the_reference_scaled_forget_term_is_one_at_the_reference_and_free_of_the_logit_scale(setup):
+    """forget_scale=reference starts at 1 and does not change when every logit is scaled alike; the
+    official term grows with the square of the scale."""
+    model, ref_model, forget, retain = setup
+    batch = {"forget": forget, "retain": retain}
+    scaled, official = PaluConfig(top_k=10, first_n=2, forget_scale="reference"), PaluConfig(top_k=10, first_n=2)
+    at_ref = palu_loss(ref_model, batch, Head.of(ref_model).frozen_copy(), scaled)["forget"]
+    assert abs(float(at_ref) - 1.0) < 1e-6
+    before = {c.forget_scale: float(palu_loss(model, batch, Head.of(ref_model).frozen_copy(), c)["forget"])
+              for c in (scaled, official)}
+    big_model, big_ref = copy.deepcopy(model), copy.deepcopy(ref_model)
+    with torch.no_grad():
+        for m in (big_model, big_ref):
+            Head.of(m).weight.mul_(3.0)
+    after = {c.forget_scale: float(palu_loss(big_model, batch, Head.of(big_ref).frozen_copy(), c)["forget"])
+             for c in (scaled, official)}
+    assert after["reference"] == pytest.approx(before["reference"], rel=1e-5)
+    assert after["none"] == pytest.approx(9.0 * before["none"], rel=1e-5)
+
+
 @pytest.mark.parametrize("field,value", [("target", "uniform"), ("constraint", "l2"), ("retain_loss", "mse"),
-                                         ("top_k", 0), ("first_n", 0)])
+                                         ("top_k", 0), ("first_n", 0),
+                                         ("forget_scale", "logits")])
 def test_bad_options_are_refused(field, value):
     with pytest.raises(PaluError, match=field):
         configure({"name": "palu", field: value})

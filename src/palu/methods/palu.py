@@ -41,6 +41,9 @@ class PaluConfig(WeightedOptions):
             (the mean of the K selected logits: flattens them among themselves only).
         constraint: ordinary-token term: "kl" (KL(P_theta||P_ref), official), "reverse_kl"
             (KL(P_ref||P_theta), the paper's text) or "nll" (cross-entropy to the reference argmax).
+        forget_scale: "none" (official) or "reference": the forget term divided by its value under
+            the reference at the same positions (per batch), so it starts at 1 and its weight means
+            the same on any model; the official term grows with the square of the logit scale.
         gamma: weight of the forget term.
         alpha: weight of the retain term and of the ordinary-token constraint (official: one alpha).
         retain_loss: "nll" (official) or "kl" (KL(P_ref||P_theta) on the retain answer).
@@ -55,6 +58,7 @@ class PaluConfig(WeightedOptions):
     split_spans: bool = False
     target: Literal["mean", "local_mean"] = "mean"
     constraint: Literal["kl", "reverse_kl", "nll"] = "kl"
+    forget_scale: Literal["none", "reference"] = "none"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,6 +103,10 @@ def palu_loss(model, batch: dict, ref_head: Head, cfg: PaluConfig) -> dict[str, 
     ordinary = (forget["token_class"][:, 1:] == ORDINARY)[answers]
     ref_h = forget["ref_hidden"]
     sens = mean_or_zero(local_entropy(h[selected], ref_h[selected], head, ref_head, cfg.top_k, cfg.target), h)
+    if cfg.forget_scale == "reference":
+        with torch.no_grad():
+            at_ref = local_entropy(ref_h[selected], ref_h[selected], ref_head, ref_head, cfg.top_k, cfg.target)
+        sens = sens / mean_or_zero(at_ref, h).clamp_min(torch.finfo(sens.dtype).tiny)
     rows = [ordinary_rows(h[ordinary], ref_h[ordinary], ref_head, cfg.constraint, cfg.alpha),
             answer_rows(model, batch["retain"], cfg.retain_loss, cfg.alpha)]
     head_terms, (ord_, ret) = head_loss(head, rows, ref_head)
