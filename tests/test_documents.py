@@ -4,6 +4,8 @@ character spans on their tokens, annotation, every method through the same loop,
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,6 +136,39 @@ def test_a_corpus_unlearned_from_the_command_line_with_npo_then_palu_on_rule_spa
                  f"output_dir={tmp_path / 'palu'}", *common]) == 0
     history = json.loads((tmp_path / "palu" / "history.json").read_text())
     assert history[-1]["forget"] != 0  # the rule spans reached PALU's forget term
+
+
+def readme_command(prefix: str) -> list[str]:
+    """The README's shell command that starts with ``prefix``, its continuation lines joined, as arguments."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index(prefix)
+    lines = []
+    for line in readme[start:].splitlines():
+        lines.append(line.rstrip("\\").strip())
+        if not line.endswith("\\"):
+            break
+    return shlex.split(" ".join(lines))
+
+
+def test_the_readme_muse_hub_command_reads_the_raw_splits(saved_model, tmp_path, monkeypatch):
+    """The README's MUSE unlearning command, with the hub answered locally: the forget and retain
+    documents come from MUSE-News's raw config, by split."""
+    import datasets
+
+    calls = []
+
+    def hub(path, name, split):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_list([{"text": t} for t in (FORGET if split == "forget" else RETAIN)])
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    args = readme_command("palu unlearn model=muse-bench/MUSE-news_target")
+    local = {"model": f"model={saved_model}", "train.max_length": "train.max_length=32",
+             "output_dir": f"output_dir={tmp_path / 'muse-npo'}"}
+    args = [local.get(a.split("=")[0], a) for a in args[1:]]
+    assert main([*args, "train.epochs=1", "train.batch_size=2", "--quiet", "--threads=1"]) == 0
+    assert sorted(set(calls)) == [("muse-bench/MUSE-News", "raw", "forget"), ("muse-bench/MUSE-News", "raw", "retain1")]
+    assert (tmp_path / "muse-npo" / "DONE").exists()
 
 
 def test_the_tofu_suite_refuses_documents(saved_model, tmp_path, capsys):
