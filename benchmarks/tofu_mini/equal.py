@@ -37,10 +37,13 @@ class EqualSearch:
         self.cmp, self.trials = cmp, trials
         self.out = cmp.out / f"equal-{trials}"
 
-    def sweep(self, method: str) -> Path:
-        cmp, name = self.cmp, METHODS[method]["name"]
+    def sweep(self, method: str, options: dict | None = None) -> Path:
+        """The method's search (cached, resumable); ``options`` fix other method options (a variant)."""
+        cmp = self.cmp
+        options = options or {"name": METHODS[method]["name"]}
+        name = options["name"]
         base = UnlearnConfig(model=str(cmp.p.model("full")), forget=cmp.forget_source(method), retain=cmp.p.retain_set,
-                             method=configure({"name": name}), eval=cmp.epoch_sets(), select=RULE,
+                             method=configure(options), eval=cmp.epoch_sets(), select=RULE,
                              train=TrainConfig(epochs=cmp.epochs, batch_size=8, warmup_epochs=1, max_length=256))
         cfg = SweepConfig(unlearn=base, space={"lr": LR_RANGE, **EXTRA_SPACE.get(name, {})}, trials=self.trials,
                           output_dir=str(self.out / slug(method)))

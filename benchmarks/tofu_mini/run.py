@@ -5,6 +5,8 @@
     python benchmarks/tofu_mini/run.py --stages compare --budget 3
     python benchmarks/tofu_mini/run.py --stages equal --equal-trials 8     # every method, the same search
     python benchmarks/tofu_mini/run.py --pretrain --stages models,equal    # a model that knows the language
+    python benchmarks/tofu_mini/run.py --stages scale                      # PALU's loss scale (after equal)
+    python benchmarks/tofu_mini/run.py --pretrain --stages scale --transfer-from runs/tofu-mini
 
 Everything is cached under --workdir: a rerun reuses finished runs and resumes unfinished ones.
 The results go to --results (Markdown, with the JSON beside it) and an HTML report.
@@ -28,14 +30,15 @@ from compare import LRS, METHODS, Comparison  # noqa: E402
 from equal import EqualSearch  # noqa: E402
 from grid import KS, NS, label, run_grid  # noqa: E402
 from protocol import Protocol  # noqa: E402
+from scale import check, scale_table  # noqa: E402
 from search import run_search  # noqa: E402
 from tables import comparison_table, equal_summary, grid_table, peak_cell, search_summary, selected  # noqa: E402
 
 from palu.commands.report import run_report  # noqa: E402
-from palu.io import write_json, write_text  # noqa: E402
+from palu.io import read_json, write_json, write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("models", "compare", "grid", "sweep", "equal")
+STAGES = ("models", "compare", "grid", "sweep", "equal", "scale")
 
 
 def main() -> None:
@@ -54,6 +57,8 @@ def main() -> None:
     p.add_argument("--pretrain", action="store_true", help="the second regime: pretrain on general English first")
     p.add_argument("--pretrain-data", type=Path, default=ROOT.parent / "shared" / "data" / "muse_news" / "raw",
                    help="general text for --pretrain: *.jsonl of {\"text\"} (default: MUSE-News's BBC articles)")
+    p.add_argument("--transfer-from", type=Path, help="the scale stage: the other regime's working folder, whose "
+                                                      "selected PALU settings are run here unchanged")
     p.add_argument("--results", type=Path, help="default: benchmarks/results/tofu_mini.md (tofu_mini_pretrained.md "
                                                 "with --pretrain)")
     p.add_argument("--threads", type=int, default=2)
@@ -119,6 +124,26 @@ def main() -> None:
                                         "sweep trials each", comparison_table(found["table"]), equal_summary(found),
                                         wall()]) + "\n")
         print(f"results in {equal}")
+    if "scale" in stages:
+        check(cmp, args.equal_trials, args.transfer_from)
+        write_scale(args, protocol)
+
+
+def write_scale(args, protocol: Protocol) -> None:
+    """tofu_mini_scale.md from both regimes' scale.json (whichever exist)."""
+    here = "pretrained" if args.pretrain else "from scratch"
+    other = {"from scratch": "pretrained", "pretrained": "from scratch"}[here]
+    regimes = {here: read_json(protocol.evaluations / "scale.json")}
+    if args.transfer_from and (args.transfer_from / protocol.evaluations.name / "scale.json").is_file():
+        regimes[other] = read_json(args.transfer_from / protocol.evaluations.name / "scale.json")
+    out = ROOT / "benchmarks" / "results" / "tofu_mini_scale.md"
+    write_text(out, "\n\n".join([
+        header(args, protocol), f"## PALU's loss scale: the official forget term against forget_scale=reference "
+        f"({args.equal_trials} sweep trials each)", scale_table(dict(sorted(regimes.items()))),
+        "FQ: forget quality, MU: model utility, at the epoch the rule selects. The forget term is the mean of the "
+        "logged forget term over the selected trial's first epoch. What it means: `benchmarks/tofu_mini/README.md`."])
+        + "\n")
+    print(f"results in {out}")
 
 
 def header(args, protocol: Protocol) -> str:
@@ -126,7 +151,8 @@ def header(args, protocol: Protocol) -> str:
     shown = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
     return (f"# TOFU-mini ({args.forget})\n\nCommand: `python benchmarks/tofu_mini/run.py --forget {args.forget} "
             f"--stages {args.stages} --budget {args.budget} --epochs {args.epochs} --equal-trials {args.equal_trials}"
-            f"{' --pretrain' if args.pretrain else ''} --results {shown}`\n\n"
+            f"{' --pretrain' if args.pretrain else ''}"
+            f"{f' --transfer-from {args.transfer_from}' if args.transfer_from else ''} --results {shown}`\n\n"
             f"Machine: {platform.machine()}, "
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}. Date: {date.today()}. "
             f"Models and runs: {protocol.workdir}. What the tables show: `benchmarks/tofu_mini/README.md`, Findings.")

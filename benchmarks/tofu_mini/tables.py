@@ -24,14 +24,20 @@ def comparison_table(table: dict) -> str:
     for name, row in table.items():
         ev = row.get("eval") or {}
         chosen = row.get("selected")
-        picked = f"{chosen['lr']:g}, {chosen['epoch']}" if chosen else ("" if name in ("full", "retain") else
-                                                                          "none kept the utility floor")
+        picked = _picked(chosen) if chosen else ("" if name in ("full", "retain") else "none kept the utility floor")
         ratio = ev.get("model_utility") / full_mu if ev.get("model_utility") and full_mu else None
         attack = row.get("attack") or {}
         attacked = [_attacked(attack.get(key)) for key in ("relearn", "quantize_4bit")]
         cells = [name, picked, *(cell(ev.get(key)) for key, _ in COLUMNS), cell(ratio), *attacked]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _picked(chosen: dict) -> str:
+    """lr and epoch, then a searched run's other settings (the equal search's knobs)."""
+    knobs = {k: v for k, v in (chosen.get("settings") or {}).items() if k != "lr"}
+    shown = ", ".join(f"{k} {cell(v)}" for k, v in knobs.items())
+    return f"{chosen['lr']:g}, {chosen['epoch']}" + (f" ({shown})" if shown else "")
 
 
 def _attacked(summary: dict | None) -> str:

@@ -1,0 +1,101 @@
+"""PALU's loss scale: does ``forget_scale=reference`` make one setting work in both regimes?
+
+The official forget term is a squared distance between logits, so it grows with the square of the
+model's logit scale, and alpha (the weight of everything else) means something different on each
+model. The scaled variant divides the term by its value under the reference, so it starts at 1.
+
+In each regime (``--stages scale``, after ``equal``):
+
+- the scaled variant gets the same search as every method of the equal stage (same trials, lr,
+  alpha, K and N, same rule), beside the official one's;
+- once the other regime (``--transfer-from``) has its own selections, each variant's selected
+  setting of that regime is run here unchanged (one 5-epoch run, the same rule): the setting that
+  transfers is the one that loses least against what this regime's own search found.
+
+Each regime writes ``scale.json`` in its working folder; the table combines both.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from compare import RULE, Comparison, slug
+from equal import EqualSearch
+
+from palu.commands.sweep import selected
+from palu.io import read_json, write_json
+from palu.runs import epoch_records
+from palu.train.selection import best_epoch
+
+log = logging.getLogger("tofu_mini")
+OFFICIAL, SCALED = "palu (GPT-4o spans)", "palu-scaled (GPT-4o spans)"
+VARIANTS = {OFFICIAL: {"name": "palu"}, SCALED: {"name": "palu", "forget_scale": "reference"}}
+
+
+def point(record: dict | None) -> dict | None:
+    """A selected epoch as forget quality, utility, its settings and the forget term's first-epoch value."""
+    if record is None:
+        return None
+    first = next((r for r in read_json(Path(record["run"]) / "history.json") if r["epoch"] == 1), {})
+    return {"forget_quality": record["forget_quality"], "utility": record["model_utility"],
+            "epoch": record["epoch"], "settings": record.get("settings"), "forget_term_epoch_1": first.get("forget")}
+
+
+class ScaleCheck:
+    def __init__(self, equal: EqualSearch, transfer_from: Path | None):
+        self.equal, self.cmp = equal, equal.cmp
+        self.other = transfer_from / self.cmp.out.name / "scale.json" if transfer_from else None
+
+    def own(self) -> dict:
+        """Each variant's search in this regime (the official one is the equal stage's)."""
+        found = {}
+        for variant in VARIANTS:
+            log.info("scale: search %s", variant)
+            found[variant] = point(selected(self.equal.sweep(variant, VARIANTS[variant]), RULE))
+        return found
+
+    def transferred(self, other: dict) -> dict:
+        """The other regime's selected setting of each variant, run here unchanged."""
+        found = {}
+        for variant, chosen in other.items():
+            if chosen is None:
+                continue
+            settings = dict(chosen["settings"])
+            lr = settings.pop("lr")
+            folder = self.cmp.out / "transfer" / slug(variant)
+            log.info("scale: %s with the other regime's setting %s", variant, chosen["settings"])
+            run = self.cmp.train(folder, {**VARIANTS[variant], **settings}, self.cmp.forget_source(OFFICIAL), lr)
+            start = read_json(self.cmp.start_record())["summary"]
+            best = best_epoch([start, *epoch_records(run)], RULE)
+            found[variant] = point(best and {**best, "run": str(run), "settings": chosen["settings"]})
+        return found
+
+    def run(self) -> dict:
+        result = {"own": self.own()}
+        if self.other is not None:
+            if not self.other.is_file():
+                raise SystemExit(f"{self.other}: no selections of the other regime yet; run its scale stage first")
+            result["transferred"] = self.transferred(read_json(self.other)["own"])
+        write_json(self.cmp.out / "scale.json", result)
+        return result
+
+
+def scale_table(regimes: dict[str, dict]) -> str:
+    """Per regime and variant: the own search's selection and the other regime's setting run here."""
+    from tables import cell
+
+    lines = ["| regime | variant | own search: FQ (MU) | other regime's setting here: FQ (MU) | forget term, "
+             "epoch 1 | own setting |", "|---|---|---|---|---|---|"]
+    show = lambda p: "none kept the floor" if not p else f"{cell(p['forget_quality'])} ({cell(p['utility'])})"
+    for regime, result in regimes.items():
+        for variant in VARIANTS:
+            own, moved = result["own"].get(variant), (result.get("transferred") or {}).get(variant)
+            settings = ", ".join(f"{k} {cell(v)}" for k, v in ((own or {}).get("settings") or {}).items())
+            lines.append(f"| {regime} | {variant} | {show(own)} | {show(moved) if 'transferred' in result else ''} | "
+                         f"{cell((own or {}).get('forget_term_epoch_1'))} | {settings} |")
+    return "\n".join(lines)
+
+
+def check(cmp: Comparison, trials: int, transfer_from: Path | None) -> dict:
+    return ScaleCheck(EqualSearch(cmp, trials), transfer_from).run()
