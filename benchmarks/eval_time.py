@@ -15,6 +15,8 @@ The second evaluates TOFU-mini's full model on the sets a comparison evaluates a
 128 new tokens) twice: the whole suite (``eval.every_epoch=all``) and what the default selection
 rule reads (``eval.every_epoch=selection``: forget quality and model utility), checks that every
 metric the second computes has the first's value exactly, and times where each spends its time.
+With ``--values FILE`` it saves the whole suite's per-item values, or compares them with those a
+previous version of the code saved there (what a change of the scoring code moved).
 """
 
 from __future__ import annotations
@@ -75,7 +77,27 @@ class Timer:
         return timed
 
 
-def epoch_evaluation(workdir: Path) -> None:
+def compare_values(results: dict, path: Path) -> None:
+    """Save each metric's per-item values to ``path``, or, when it holds another version's, print the
+    largest relative difference per metric (what a change of the scoring code moved)."""
+    item = lambda v: v.get("value") if isinstance(v, dict) else v
+    values = {k: {i: item(v) for i, v in (r.get("value_by_index") or {}).items()} | {"agg": r.get("agg_value")}
+              for k, r in results.items()}
+    if not path.is_file():
+        path.write_text(json.dumps(values))
+        print(f"values saved to {path}; run again with the other code to compare")
+        return
+    before = json.loads(path.read_text())
+    worst = {}
+    for metric, items in values.items():
+        pairs = [(v, before[metric].get(i)) for i, v in items.items() if isinstance(v, float)]
+        worst[metric] = max((abs(a - b) / max(abs(b), 1e-30) for a, b in pairs if isinstance(b, float)), default=0.0)
+    print("largest relative difference against", path, "(per-item values and aggregates):")
+    for metric, diff in sorted(worst.items(), key=lambda kv: -kv[1]):
+        print(f"  {metric}: {diff:.2e}")
+
+
+def epoch_evaluation(workdir: Path, values: Path | None) -> None:
     model_dir = workdir / "full" / "model"
     model, tok = load_model(str(model_dir)), load_tokenizer(str(model_dir))
     sets = {name: load_items(DataSource(str(TOFU / f"{file}.json")), SyntheticConfig())
@@ -98,6 +120,8 @@ def epoch_evaluation(workdir: Path) -> None:
         print(f"| {scope} | {len(results)} | {seconds:.1f} | {parts.get('score_answers', 0):.1f} | "
               f"{parts.get('multi_answer_nll', 0):.1f} | {parts.get('generate', 0):.1f} |")
     print(f"every metric of the selection scope equals the whole suite's, value for value: {exact}")
+    if values:
+        compare_values(whole, values)
     a, lean_s = runs["all"][0], runs["selection"][0]
     for best in (1, 3, 5):  # epochs of a 5-epoch trial that become the best so far get the rest of the suite
         print(f"a 5-epoch trial with {best} new best epoch(s): {5 * a / (5 * lean_s + best * (a - lean_s)):.2f}x "
@@ -110,10 +134,12 @@ def main() -> None:
     p.add_argument("--tofu-mini", type=Path, help="a TOFU-mini working folder with its full model")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--values", type=Path, help="with --tofu-mini: save the whole suite's values here, or compare with "
+                                               "those saved by another version of the code")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.tofu_mini:
-        epoch_evaluation(args.tofu_mini)
+        epoch_evaluation(args.tofu_mini, args.values)
     elif args.demo:
         demo_suite(args.demo, args.max_new_tokens)
     else:

@@ -200,10 +200,15 @@ def test_answer_nll_with_answer_overrides_and_multi(tiny):
     para = [it.paraphrased_answer for it in items]
     nll, _ = nll_and_accuracy(model, tok, items, PROMPT, answers=para, batch_size=2)
     assert np.allclose(nll, [_slow_scores(model, tok, it, a)[0] for it, a in zip(items, para)], atol=1e-5)
-    wrong = multi_answer_nll(model, tok, items, PROMPT, [it.perturbed_answers for it in items], batch_size=4)
-    assert [len(w) for w in wrong] == [len(it.perturbed_answers) for it in items]
-    for it, w in zip(items, wrong):
-        assert np.allclose(w, [_slow_scores(model, tok, it, a)[0] for a in it.perturbed_answers], atol=1e-5)
+    assert len({len(prompt_ids(tok, it.question, PROMPT)) for it in items}) > 1  # prompts are padded
+    groups = [[it.paraphrased_answer, *it.perturbed_answers] for it in items]
+    groups[1] = []  # an item without answers keeps its place
+    slow = [[_slow_scores(model, tok, it, a)[0] for a in group] for it, group in zip(items, groups)]
+    for batch_size in (1, 4, 64):  # fewer answers per batch than one item has, several items, all at once
+        wrong = multi_answer_nll(model, tok, items, PROMPT, groups, batch_size=batch_size)
+        assert [len(w) for w in wrong] == [len(g) for g in groups]
+        for w, s in zip(wrong, slow):
+            assert np.allclose(w, s, atol=1e-5)
 
 
 def test_scoring_restores_training_mode(tiny):

@@ -10,6 +10,7 @@ prompts and ``text_logprobs`` scores plain texts, on the same batching.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -108,17 +109,24 @@ def nll_and_accuracy(model, tokenizer, items: Sequence[QAItem], prompt: PromptCo
 
 
 def _score_batch(model, batch: dict[str, torch.Tensor], vocab_stats: bool) -> tuple[np.ndarray, list[TokenScores]]:
-    """Mean answer NLL per row and each row's token statistics; only answer positions reach the (N, V) softmax."""
+    """Mean answer NLL per row and each row's token statistics."""
     device = model.device
     logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
     labels = batch["labels"][:, 1:].to(device)
-    mask = labels != IGNORE_INDEX
+    return _answer_stats(logits[:, :-1], labels, labels != IGNORE_INDEX, vocab_stats)
+
+
+def _answer_stats(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                  vocab_stats: bool) -> tuple[np.ndarray, list[TokenScores]]:
+    """Per row, the mean NLL of ``targets`` where ``mask`` holds, under ``logits`` [rows, positions, V]
+    (position t predicts target t), and the token statistics; only those positions reach the softmax."""
+    device = logits.device
     rows = mask.nonzero(as_tuple=True)[0]
-    target = labels[mask]
-    logp = logits[:, :-1][mask].float().log_softmax(-1)
+    target = targets[mask]
+    logp = logits[mask].float().log_softmax(-1)
     token_logp = logp.gather(1, target[:, None]).squeeze(1)
     count = mask.sum(1)
-    n_rows = labels.shape[0]
+    n_rows = targets.shape[0]
     nll = torch.zeros(n_rows, device=device).index_add_(0, rows, -token_logp) / count
     rank = mask.cumsum(1)[mask]
     keep = (rank < count[rows]) | (count[rows] == 1)
@@ -137,18 +145,74 @@ def _score_batch(model, batch: dict[str, torch.Tensor], vocab_stats: bool) -> tu
 def multi_answer_nll(model, tokenizer, items: Sequence[QAItem], prompt: PromptConfig,
                      answers: Sequence[Sequence[str]], batch_size: int = 16, max_length: int = 512,
                      progress: bool = False) -> list[np.ndarray]:
-    """Mean NLL of several answers per item (e.g. perturbed answers), scored in one batched call.
+    """Mean NLL of several answers per item (a paraphrase and the perturbed answers), batched.
 
+    An item's answers share its prompt, so the prompt runs once and its key/value cache serves
+    every answer: ``P + n*A`` tokens instead of ``n*(P + A)``. The tokens scored are exactly
+    ``score_answers``'s; the values agree with it to float rounding (the sums run in another order).
+    A batch holds at most ``batch_size`` answers (an item with more gets a batch of its own).
     Returns one array per item, ``len(answers[i])`` long.
     """
     if len(answers) != len(items):
         raise PaluError(f"multi_answer_nll: {len(items)} items but {len(answers)} answer lists.")
-    flat_items = [item for item, group in zip(items, answers) for _ in group]
-    flat_answers = [a for group in answers for a in group]
-    nll = score_answers(model, tokenizer, flat_items, prompt, answers=flat_answers, batch_size=batch_size,
-                        max_length=max_length, progress=progress).nll
-    ends = np.cumsum([len(group) for group in answers], dtype=int)
-    return [nll[end - len(group) : end] for group, end in zip(answers, ends)]
+    encs = [[encode(tokenizer, item, prompt, max_length, answer=a) for a in group]
+            for item, group in zip(items, answers)]
+    cut = sum(e.truncated for group in encs for e in group)
+    if cut:
+        log.warning("%d of %d answers were cut to max_length=%d tokens before scoring.", cut,
+                    sum(map(len, encs)), max_length)
+    groups = [_prompt_and_answers(group) for group in encs]
+    longest = [len(p) + max((len(a) for a in group), default=0) for p, group in groups]
+    batches, current, size = [], [], 0
+    for i in sorted(range(len(groups)), key=lambda i: -longest[i]):  # longest first, like length_batches
+        if current and size + len(groups[i][1]) > batch_size:
+            batches.append(current)
+            current, size = [], 0
+        current.append(i)
+        size += len(groups[i][1])
+    batches += [current] if current else []
+    results = []
+    with _inference(model):
+        for idx in tqdm(batches, desc="scoring answers", disable=not progress):
+            nll = _score_shared(model, [groups[i] for i in idx if groups[i][1]], _pad_id(tokenizer))
+            ends = np.cumsum([len(groups[i][1]) for i in idx], dtype=int)
+            results.append((idx, [nll[end - len(groups[i][1]) : end] for i, end in zip(idx, ends)]))
+    return restore_order(len(groups), results)
+
+
+def _prompt_and_answers(encs: list) -> tuple[list[int], list[list[int]]]:
+    """One item's encoded answers as its prompt ids and each answer's ids (EOS included)."""
+    if not encs:
+        return [], []
+    start = encs[0].labels.count(IGNORE_INDEX)
+    return encs[0].input_ids[:start], [e.input_ids[start:] for e in encs]
+
+
+def _score_shared(model, groups: list[tuple[list[int], list[list[int]]]], pad_id: int) -> np.ndarray:
+    """Mean NLL of each answer of ``groups`` (prompt, answers), answers in order: the prompts run once,
+    left-padded, and their cache is copied to each of their answers, which continue it right-padded."""
+    if not groups:
+        return np.zeros(0)
+    device = model.device
+    ids, mask = (t.to(device) for t in pad([p for p, _ in groups], pad_id, left=True))
+    owner = torch.tensor([r for r, (_, answers) in enumerate(groups) for _ in answers], device=device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp_min(0), use_cache=True,
+                logits_to_keep=1)
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    cache.reorder_cache(owner)
+    flat = [a for _, answers in groups for a in answers]
+    a_ids, a_mask = (t.to(device) for t in pad(flat, pad_id))
+    positions = mask.sum(1)[owner, None] + torch.arange(a_ids.shape[1], device=device)
+    logits = model(input_ids=a_ids, attention_mask=torch.cat([mask[owner], a_mask], 1), position_ids=positions,
+                   **{_cache_argument(model): cache}).logits
+    predictions = torch.cat([out.logits[owner], logits[:, :-1]], 1)
+    return _answer_stats(predictions, a_ids, a_mask.bool(), vocab_stats=False)[0]
+
+
+def _cache_argument(model) -> str:
+    """The forward argument taking a key/value cache: ``cache`` in recent transformers, ``past_key_values`` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _stop_ids(model, tokenizer) -> list[int]:

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from functools import partial
 
+import numpy as np
+
 from palu.data.prompts import PromptConfig
 from palu.data.qa import QAItem
 from palu.errors import PaluError
@@ -138,7 +140,8 @@ def _qa_metrics(split: str, items: Sequence[QAItem], scores: AnswerScores | None
     p = PREFIX[split]
     general = split in GENERAL
     out = {}
-    wrong = _wrong_nll(items, multi, with_paraphrase=not general) if "truth" in parts or general else None
+    paraphrase, wrong = _wrong_nll(items, multi, with_paraphrase=not general) if "truth" in parts or general \
+        else (None, None)
     if "prob" in parts:
         prob = answer_prob(scores.nll)
         out[f"{p}_Q_A_Prob"] = mean_result(f"{p}_Q_A_Prob", prob)
@@ -151,26 +154,29 @@ def _qa_metrics(split: str, items: Sequence[QAItem], scores: AnswerScores | None
     if "truth" in parts:
         tr = None
         if wrong is not None:
-            correct = scores.nll if general else score(items, answers=[item.paraphrased_answer for item in items]).nll
-            tr = truth_ratio(correct, wrong, OPEN_UNLEARNING_EPS)
+            tr = truth_ratio(scores.nll if general else paraphrase, wrong, OPEN_UNLEARNING_EPS)
         out[f"{p}_truth_ratio"] = truth_ratio_result(f"{p}_truth_ratio", tr, OPEN_UNLEARNING_EPS)
     return out
 
 
 def _wrong_nll(items: Sequence[QAItem], multi, with_paraphrase: bool):
-    """Wrong-answer NLLs per item; None when no item has wrong answers (and a paraphrase, if needed).
+    """The paraphrases' NLLs (``with_paraphrase``, else None) and the wrong answers' NLLs per item, scored
+    together so each prompt runs once; (None, None) when no item has them all.
 
     Items are all-or-none: a split where only some items have them is refused rather than silently shrunk.
     """
     has = [bool(item.perturbed_answers) and (bool(item.paraphrased_answer) or not with_paraphrase) for item in items]
     if not any(has):
-        return None
+        return None, None
     if not all(has):
         first = items[has.index(False)]
         what = "no paraphrased or perturbed answers" if with_paraphrase else "no perturbed answers"
         raise PaluError(f"{first.source or f'item {has.index(False)}'}: {what}, while {sum(has)} of {len(items)} "
                         "items have them; give every item of the split them, or none.")
-    return multi(items, answers=[item.perturbed_answers for item in items])
+    if not with_paraphrase:
+        return None, multi(items, answers=[item.perturbed_answers for item in items])
+    nll = multi(items, answers=[[item.paraphrased_answer, *item.perturbed_answers] for item in items])
+    return np.array([n[0] for n in nll]), [n[1:] for n in nll]
 
 
 def mia_scores(items: Sequence[QAItem], scores: AnswerScores, k: float = MIA_K) -> dict[str, list[float]]:
