@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 
 import optuna
 import pytest
@@ -83,6 +86,27 @@ def test_a_worker_stops_when_the_shared_study_is_full(demo, tmp_path, monkeypatc
     monkeypatch.setattr(palu.commands.sweep, "run_unlearn", with_another_worker)
     assert main(sweep_args(demo, out, 3, "prune_below=0")) == 0
     assert sorted(p.name for p in out.glob("trial-*")) == ["trial-000", "trial-002"]  # 2 here + 2 there >= 3
+
+
+def test_a_trial_left_running_by_a_dead_worker_is_drawn_anew(demo, tmp_path):
+    """A killed worker leaves its trial RUNNING; a resumed sweep fails it and runs another in its place,
+    while a live worker's trial and another machine's are left alone."""
+    out = tmp_path / "d"
+    assert main(sweep_args(demo, out, 1, "prune_below=0")) == 0
+    study = optuna.load_study(study_name="palu", storage=f"sqlite:///{out / 'study.db'}")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    workers = {"dead": f"{socket.gethostname()}:{dead.pid}", "live": palu.commands.sweep.worker_id(),
+               "elsewhere": "another-host:1"}
+    for name, worker in workers.items():
+        trial = study.ask()
+        trial.set_user_attr("worker", worker)
+    assert main(sweep_args(demo, out, 2, "prune_below=0")) == 0
+    states = {t.user_attrs["worker"]: t.state for t in study.get_trials()[1:4]}
+    assert states == {workers["dead"]: optuna.trial.TrialState.FAIL, workers["live"]: optuna.trial.TrialState.RUNNING,
+                      workers["elsewhere"]: optuna.trial.TrialState.RUNNING}
+    finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    assert [t.number for t in finished] == [0, 4]  # the failed one did not count toward trials=2
 
 
 @pytest.mark.parametrize("floor", [0.0, 2.0])

@@ -20,11 +20,14 @@ utility is kept, and the front holds only trials that keep it; ``unlearn.select.
 searches without one. The study lives in ``<output_dir>/study.db``, so an interrupted sweep resumes,
 and several workers (the same command started once per GPU) share one study: they draw different
 settings and stop once the study holds ``trials`` finished trials (each may finish the one it runs).
+A trial left running by a worker that died is marked failed when a sweep starts, and is drawn anew.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -143,6 +146,7 @@ def _search(cfg: Config, out: Path, progress: bool) -> list[dict]:
     knobs = cfg.knobs()
 
     def objective(trial) -> tuple[float, float]:
+        trial.set_user_attr("worker", worker_id())
         run = trial_dir(out, trial.number)
         start_trial(run, out / START_EVAL)
         drawn = {name: knob.suggest(trial, name) for name, knob in knobs.items()}
@@ -172,15 +176,43 @@ def _search(cfg: Config, out: Path, progress: bool) -> list[dict]:
                 raise optuna.TrialPruned()
         return forgetting, kept_utility
 
-    remaining = cfg.trials - len([t for t in study.trials if t.state.is_finished()])
+    fail_abandoned(study)
+    done = (TrialState.COMPLETE, TrialState.PRUNED)  # a failed trial is drawn anew when the sweep resumes
+    remaining = cfg.trials - len(study.get_trials(deepcopy=False, states=done))
     if remaining > 0:  # other workers on the same study count too: stop once the study holds enough trials
-        done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         study.optimize(objective, n_trials=remaining, catch=(), callbacks=[MaxTrialsCallback(cfg.trials, states=done)])
     sign = 1 if direction(rule.metric) == "maximize" else -1
     front = [{"trial": t.number, "epoch": t.user_attrs.get("epoch"), rule.metric: t.values[0],
               "utility": t.values[1], **t.params} for t in sorted(study.best_trials, key=lambda t: -sign * t.values[0])]
     write_json(out / FRONT, front)
     return front
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def fail_abandoned(study) -> None:
+    """Mark failed the trials a worker of this machine left running when it died (killed, or the
+    session ended): they count as neither finished nor in progress, so the study draws them anew and
+    the sampler stops avoiding their settings. Trials of live workers or of other machines stay."""
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = t.user_attrs.get("worker", "").rpartition(":")
+        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+            study.tell(t.number, state=TrialState.FAIL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _sampler(name: str, seed: int):
@@ -227,11 +259,13 @@ def selected(out: str | Path, rule) -> dict | None:
     """The study's selected model: over every epoch of every trial, the one ``rule`` picks (the same rule
     as within one run), with its trial's folder and settings; None when no epoch keeps the floor."""
     import optuna
+    from optuna.trial import TrialState
 
     study = optuna.load_study(study_name="palu", storage=f"sqlite:///{Path(out) / STUDY}")
     start = read_json(Path(out) / START_EVAL)["summary"]
     records = [{**r, "trial": t.number, "run": str(trial_dir(out, t.number)), "settings": t.params}
-               for t in study.trials if t.state.is_finished() and trial_dir(out, t.number).is_dir()
+               for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+               if trial_dir(out, t.number).is_dir()
                for r in epoch_records(trial_dir(out, t.number)) if r["epoch"] > 0]
     return best_epoch([start, *records], rule)
 
