@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from cli_helpers import TINY_UNLEARN, one_line_error, unlearn
 
 from palu.cli import main
@@ -117,6 +118,20 @@ def test_resume_refuses_a_changed_config_and_names_the_options(finished_run, sav
 def test_resume_with_the_same_config_continues(finished_run, saved_model, tmp_path):
     run = copy_of(finished_run, tmp_path)
     assert unlearn(saved_model, run, "--resume") == 0  # finished: nothing to do, nothing refused
+
+
+def test_an_option_added_since_the_run_started_is_no_change_at_its_default(finished_run, saved_model, tmp_path,
+                                                                            capsys):
+    """A run started by an earlier palu lacks today's options: at their defaults they change nothing, set
+    otherwise they are named."""
+    run = copy_of(finished_run, tmp_path)
+    (run / "DONE").unlink()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    del saved["method"]["forget_scale"]  # as a run started before the option existed
+    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert unlearn(saved_model, run, "--resume", "method.forget_scale=reference") == 2
+    one_line_error(capsys, "method.forget_scale: 'none' -> 'reference'")
+    assert unlearn(saved_model, run, "--resume") == 0
 
 
 def test_allow_config_change_needs_resume(saved_model, tmp_path, capsys):

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import yaml
 
-from palu.config import dump, to_dict
+from palu.config import build, dump, to_dict
 from palu.distributed import process_state
 from palu.errors import PaluError, os_error
 from palu.eval.core import summary
@@ -257,7 +257,7 @@ def _check_resumable(path: Path, command: str, made_by: str | None, cfg, allow_c
         raise PaluError(f"{path} is a `palu {made_by}` run folder, not a `palu {command}` one; choose another "
                         "output_dir (or pass --overwrite to replace it).")
     saved = saved_config(path)
-    changes = None if cfg is None or saved is None else config_changes(saved, _plain(cfg), ignore)
+    changes = None if cfg is None or saved is None else config_changes(_as_read_today(saved, cfg), _plain(cfg), ignore)
     if made_by is None and changes != []:
         raise PaluError(f"{path} holds files palu did not write; --resume continues only a palu run. "
                         "Choose another output_dir.")
@@ -277,6 +277,15 @@ def saved_config(path: str | Path) -> dict | None:
     except yaml.YAMLError:
         return None
     return saved if isinstance(saved, dict) else None
+
+
+def _as_read_today(saved: dict, cfg) -> dict:
+    """A saved config as this version of palu reads it: an option added since the run started takes its
+    default, so leaving it there is no change. One that no longer reads compares as saved."""
+    try:
+        return _plain(build(type(cfg), saved))
+    except PaluError:
+        return saved
 
 
 def _plain(cfg) -> dict:
