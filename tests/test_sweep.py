@@ -9,6 +9,7 @@ import sys
 
 import optuna
 import pytest
+from cli_helpers import one_line_error
 from test_cli import TINY
 
 import palu.commands.sweep
@@ -86,6 +87,16 @@ def test_a_worker_stops_when_the_shared_study_is_full(demo, tmp_path, monkeypatc
     monkeypatch.setattr(palu.commands.sweep, "run_unlearn", with_another_worker)
     assert main(sweep_args(demo, out, 3, "prune_below=0")) == 0
     assert sorted(p.name for p in out.glob("trial-*")) == ["trial-000", "trial-002"]  # 2 here + 2 there >= 3
+
+
+@pytest.mark.parametrize("bad, words", [("unlearn.model=/nonexistent/model", "no such folder"),
+                                         ("unlearn.forget.path=/nonexistent/forget.json", "/nonexistent/forget.json"),
+                                         ("unlearn.eval.retain_reference=/nonexistent/r.json", "/nonexistent/r.json")])
+def test_a_bad_input_stops_the_sweep_before_it_writes_anything(demo, tmp_path, capsys, bad, words):
+    out = tmp_path / "bad"
+    assert main([*sweep_args(demo, out, 2), bad]) == 2
+    one_line_error(capsys, words)
+    assert not out.exists()
 
 
 def test_a_trial_left_running_by_a_dead_worker_is_drawn_anew(demo, tmp_path):

@@ -17,7 +17,7 @@ from palu.eval.suites import Suite, combined, harness_suite, muse_suite, tofu_su
 from palu.io import read_json, write_json, write_text
 from palu.methods.common import MethodOptions
 from palu.methods.palu import PaluConfig
-from palu.models import load_model_and_tokenizer, require_model
+from palu.models import load_model_and_tokenizer, load_model_config, load_tokenizer, require_model
 from palu.runs import DONE, MODEL_DIR, REQUESTS, Reuse, finish, is_finished, request_dir, run_folder
 from palu.train.loop import TrainConfig
 from palu.train.selection import EpochEvaluator, SelectionRule
@@ -89,6 +89,22 @@ def run_unlearn(cfg: Config, overwrite: bool = False, resume: bool = False, prog
         if evaluator is not None:
             history = [evaluator.records[0], *history]
         return finish(out, for_saving(model, cfg.peft), tok, history)
+
+
+def check_inputs(cfg: Config) -> None:
+    """Read what a run reads before it starts (the model's config, the tokenizer, the data, the evaluation
+    sets and the retain reference), so a command that starts many runs (``palu sweep``) fails on a bad
+    path with its own message before it writes anything."""
+    require_model(cfg)
+    load_model_config(cfg.model)
+    load_tokenizer(cfg.tokenizer or cfg.model)
+    for source in [*(cfg.requests or [cfg.forget]), cfg.retain]:
+        load_items(source, cfg.synthetic)
+    if cfg.eval is not None:
+        eval_sets(cfg.eval, cfg.synthetic)
+    for sets in (cfg.eval, cfg.eval_muse):
+        if sets is not None and sets.retain_reference:
+            read_json(sets.retain_reference)
 
 
 def epoch_suite(cfg: Config, tokenizer, progress: bool) -> Suite:
