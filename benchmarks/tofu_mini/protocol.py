@@ -28,6 +28,7 @@ Both models and the reference are cached: a finished run is reused, an interrupt
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import replace
@@ -39,7 +40,7 @@ from palu.commands.finetune import Config as FinetuneConfig
 from palu.commands.finetune import run_finetune, scratch_train
 from palu.data.loaders import DataSource, json_rows, load_qa
 from palu.data.qa import item_texts
-from palu.io import read_json, write_json
+from palu.io import read_json, write_json, write_text
 from palu.models import train_bpe_tokenizer
 from palu.runs import MODEL_DIR, is_finished
 from palu.train.finetune import EarlyStop
@@ -107,8 +108,18 @@ class Protocol:
         train_bpe_tokenizer(item_texts(items), VOCAB).save_pretrained(str(self.tokenizer))
 
     def general_text(self) -> list[DataSource]:
-        """The general English text of the pretraining regime (none without it)."""
-        return [DataSource(str(path), kind="text") for path in self.pretrain]
+        """The general English text of the pretraining regime (none without it), gathered in one file
+        without the empty articles (MUSE-News's forget.jsonl has one), which palu refuses as documents."""
+        if not self.pretrain:
+            return []
+        path = self.workdir / "data" / "general_text.jsonl"
+        if not path.is_file():
+            rows = [row for source in self.pretrain for row in _rows(source)]
+            kept = [row for row in rows if row.get("text", "").strip()]
+            log.info("general text: %d articles from %d files (%d empty left out)", len(kept), len(self.pretrain),
+                     len(rows) - len(kept))
+            write_text(path, "".join(json.dumps({"text": row["text"]}) + "\n" for row in kept))
+        return [DataSource(str(path), kind="text")]
 
     def pretrained(self) -> str:
         """The model the full and retain models start from: "scratch", or the one pretrained on general text."""
