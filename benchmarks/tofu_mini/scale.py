@@ -37,7 +37,8 @@ def point(record: dict | None) -> dict | None:
     """A selected epoch as forget quality, utility, its settings and the forget term's first-epoch value."""
     if record is None:
         return None
-    first = next((r for r in read_json(Path(record["run"]) / "history.json") if r["epoch"] == 1), {})
+    history = Path(record["run"]) / "history.json"  # a trial the sweep pruned has none
+    first = next((r for r in read_json(history) if r["epoch"] == 1), {}) if history.is_file() else {}
     return {"forget_quality": record["forget_quality"], "utility": record["model_utility"],
             "epoch": record["epoch"], "settings": record.get("settings"), "forget_term_epoch_1": first.get("forget")}
 
