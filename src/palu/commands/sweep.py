@@ -25,6 +25,7 @@ A trial left running by a worker that died is marked failed when a sweep starts,
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -43,6 +44,8 @@ from palu.methods import get_method
 from palu.methods.space import Knob, search_space, typed_space
 from palu.runs import FRONT, START_EVAL, STUDY, Reuse, epoch_path, epoch_records, new_run, run_folder, trial_dir
 from palu.train.selection import UTILITY_FALLBACK, best_epoch, share_start, utility_floor
+
+log = logging.getLogger(__name__)
 
 HELP = "search a method's learning rate and own knobs for the forget-quality / utility Pareto front (Optuna)"
 RESUMABLE = False  # a sweep folder always resumes: its workers share it
@@ -204,6 +207,8 @@ def fail_abandoned(study) -> None:
         worker_host, _, pid = t.user_attrs.get("worker", "").rpartition(":")
         if worker_host == host and pid.isdigit() and not _alive(int(pid)):
             study.tell(t.number, state=TrialState.FAIL)
+            log.warning("trial %d was left running by process %s, which is gone: marked failed, drawn anew",
+                        t.number, pid)
 
 
 def _alive(pid: int) -> bool:
