@@ -7,6 +7,7 @@
     python benchmarks/tofu_mini/run.py --pretrain --stages models,equal    # a model that knows the language
     python benchmarks/tofu_mini/run.py --stages scale                      # PALU's loss scale (after equal)
     python benchmarks/tofu_mini/run.py --pretrain --stages scale --transfer-from runs/tofu-mini
+    python benchmarks/tofu_mini/run.py --stages scale --transfer-from runs/tofu-mini-pretrained
 
 Everything is cached under --workdir: a rerun reuses finished runs and resumes unfinished ones.
 The results go to --results (Markdown, with the JSON beside it) and an HTML report.
