@@ -150,25 +150,51 @@ def readme_command(prefix: str) -> list[str]:
     return shlex.split(" ".join(lines))
 
 
-def test_the_readme_muse_hub_command_reads_the_raw_splits(saved_model, tmp_path, monkeypatch):
-    """The README's MUSE unlearning command, with the hub answered locally: the forget and retain
-    documents come from MUSE-News's raw config, by split."""
+@pytest.fixture
+def muse_hub(monkeypatch):
+    """The Hugging Face hub answered locally: every split of MUSE-News holds FORGET's documents, but
+    retain1 RETAIN's; the calls are recorded."""
     import datasets
 
     calls = []
 
     def hub(path, name, split):
         calls.append((path, name, split))
-        return datasets.Dataset.from_list([{"text": t} for t in (FORGET if split == "forget" else RETAIN)])
+        return datasets.Dataset.from_list([{"text": t} for t in (RETAIN if split == "retain1" else FORGET)])
 
     monkeypatch.setattr(datasets, "load_dataset", hub)
-    args = readme_command("palu unlearn model=muse-bench/MUSE-news_target")
+    return calls
+
+
+def readme_run(prefix: str, local: dict[str, str], *extra: str) -> int:
+    """The README's command that starts with ``prefix``, with the options in ``local`` replaced."""
+    args = [local.get(a.split("=")[0], a) for a in readme_command(prefix)[1:]]
+    return main([*args, *extra, "--quiet", "--threads=1"])
+
+
+def test_the_readme_muse_hub_command_reads_the_raw_splits(saved_model, tmp_path, muse_hub):
+    """The README's MUSE unlearning command, with the hub answered locally: the forget and retain
+    documents come from MUSE-News's raw config, by split."""
     local = {"model": f"model={saved_model}", "train.max_length": "train.max_length=32",
              "output_dir": f"output_dir={tmp_path / 'muse-npo'}"}
-    args = [local.get(a.split("=")[0], a) for a in args[1:]]
-    assert main([*args, "train.epochs=1", "train.batch_size=2", "--quiet", "--threads=1"]) == 0
-    assert sorted(set(calls)) == [("muse-bench/MUSE-News", "raw", "forget"), ("muse-bench/MUSE-News", "raw", "retain1")]
+    assert readme_run("palu unlearn model=muse-bench/MUSE-news_target", local, "train.epochs=1",
+                      "train.batch_size=2") == 0
+    assert sorted(set(muse_hub)) == [("muse-bench/MUSE-News", "raw", "forget"),
+                                     ("muse-bench/MUSE-News", "raw", "retain1")]
     assert (tmp_path / "muse-npo" / "DONE").exists()
+
+
+def test_the_readme_muse_c6_command_takes_the_four_sustainability_requests_in_turn(saved_model, tmp_path,
+                                                                                    muse_hub):
+    local = {"unlearn.model": f"unlearn.model={saved_model}", "unlearn.train.max_length": "unlearn.train.max_length=32",
+             "muse.retain_reference": f"muse.path={_muse_folder(tmp_path / 'muse')}",
+             "output_dir": f"output_dir={tmp_path / 'c6'}"}
+    assert readme_run("palu curve property=sustainability", local, "unlearn.train.epochs=1",
+                      "unlearn.train.batch_size=2", "muse.max_length=64") == 0
+    assert sorted(set(muse_hub)) == [("muse-bench/MUSE-News", "raw", "retain1"),
+                                     *(("muse-bench/MUSE-News", "sust", f"forget_{k}") for k in range(1, 5))]
+    rows = json.loads((tmp_path / "c6" / "curve.json").read_text())["rows"]
+    assert [r["forget_documents"] for r in rows] == [0, 2, 4, 6, 8]  # two documents per request, in turn
 
 
 def test_the_tofu_suite_refuses_documents(saved_model, tmp_path, capsys):

@@ -135,7 +135,7 @@ def _in_turn(cfg: Config, out: Path, progress: bool, stop) -> Path:
     for number, request in enumerate(cfg.requests, 1):
         step = replace(cfg, model=model, tokenizer=cfg.tokenizer or cfg.model, forget=request, requests=[],
                        output_dir=str(request_dir(out, number)))
-        log.info("request %d of %d: %s", number, len(cfg.requests), request.path)
+        log.info("request %d of %d: %s", number, len(cfg.requests), request.name)
         model = str(run_unlearn(step, resume=True, progress=progress, stop=stop))
         steps.append({"request": number, "forget": request.path, "split": request.split, "model": model})
     write_json(out / REQUESTS, steps)

@@ -76,12 +76,17 @@ class DataSource:
         if self.limit is not None:
             require(self.limit >= 0, "limit", "a non-negative number of items (or null for all)", self.limit)
 
+    @property
+    def name(self) -> str:
+        """The source as messages name it: its path, then the hub config and split when given."""
+        return "/".join([self.path, *(part for part in (self.subset, self.split) if part)])
+
 
 def load_qa(source: DataSource) -> list[QAItem]:
     """Load and validate the QA items (or, with ``kind: text``, the documents) ``source`` points at.
 
     Each item's ``source`` is ``file:line`` for JSON Lines, ``file:row`` (1-based) for JSON
-    arrays, CSV and Parquet, ``file:document N`` for .txt files, and ``hub_id/split[index]``
+    arrays, CSV and Parquet, ``file:document N`` for .txt files, and ``hub_id/config/split[index]``
     (0-based) for hub rows.
     """
     rows, label = _rows(source)
@@ -126,8 +131,7 @@ def _rows(source: DataSource) -> tuple[Iterator[Row], str]:
     if path.is_file():
         return _file_rows(path, source), str(path)
     if HUB_ID.match(source.path) and path.suffix.lower() not in FORMATS:
-        label = f"{source.path}/{source.split}" if source.split else source.path
-        return _hub_rows(source, label), label
+        return _hub_rows(source, source.name), source.name
     raise PaluError(
         f"{source.path}: no such file or folder; point path at a .json/.jsonl/.csv/.parquet file, "
         "a folder of them (with split), or a hub id such as locuslab/TOFU."
