@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import LRS, METHODS, Comparison  # noqa: E402
+from compare import LRS, METHODS, Comparison, slug  # noqa: E402
 from equal import EqualSearch  # noqa: E402
 from grid import KS, NS, label, run_grid  # noqa: E402
 from protocol import Protocol  # noqa: E402
@@ -121,9 +121,13 @@ def main() -> None:
             return
         equal = args.results.with_name(f"{args.results.stem}_equal.md")
         write_json(equal.with_suffix(".json"), found)
+        html = equal.with_name(f"{equal.stem}_report.html")
+        run_report([cmp.out / "eval-full", cmp.out / "eval-retain",
+                    *(cmp.out / f"eval-equal-{args.equal_trials}-{slug(m)}" for m, row in found["table"].items()
+                      if row.get("selected"))], html)
         write_text(equal, "\n\n".join([header(args, protocol), f"## Equal search: every method, {args.equal_trials} "
                                         "sweep trials each", comparison_table(found["table"]), equal_summary(found),
-                                        wall()]) + "\n")
+                                        f"HTML report of the selected models: `{html.name}`.", wall()]) + "\n")
         print(f"results in {equal}")
     if "scale" in stages:
         check(cmp, args.equal_trials, args.transfer_from)
