@@ -130,9 +130,9 @@ def run_sweep(cfg: Config, overwrite: bool = False, progress: bool = False,
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate TPE
-    unlearn.check_inputs(cfg.unlearn)
     reuse = Reuse(overwrite, resume=True, allow_config_change=allow_config_change)
     with run_folder(cfg.output_dir, "sweep", cfg, reuse, shared=True, ignore=("trials",)) as out:
+        unlearn.check_inputs(cfg.unlearn)  # before the study: a bad path leaves a new folder as it was
         return _search(cfg, out, progress)
 
 
