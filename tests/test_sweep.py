@@ -99,6 +99,20 @@ def test_a_bad_input_stops_the_sweep_before_it_writes_anything(demo, tmp_path, c
     assert not out.exists()
 
 
+def test_tpe_models_the_study_after_the_random_start_the_user_sets(demo, tmp_path, monkeypatch):
+    """With startup_trials=1 the second trial comes from TPE's model, not from its random start."""
+    modelled = []
+    real = optuna.samplers.TPESampler._sample  # TPE's model of the study, past the random start
+
+    def recording(self, study, trial, search_space):
+        modelled.append(trial.number)
+        return real(self, study, trial, search_space)
+
+    monkeypatch.setattr(optuna.samplers.TPESampler, "_sample", recording)
+    assert main(sweep_args(demo, tmp_path / "t", 2, "prune_below=0", "startup_trials=1")) == 0
+    assert 1 in modelled and 0 not in modelled
+
+
 def test_a_trial_left_running_by_a_dead_worker_is_drawn_anew(demo, tmp_path):
     """A killed worker leaves its trial RUNNING; a resumed sweep fails it and runs another in its place,
     while a live worker's trial and another machine's are left alone."""

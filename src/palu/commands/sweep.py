@@ -63,6 +63,8 @@ class Config:
             ``palu sweep --space`` lists each method's knobs with their defaults and sources.
         trials: runs in the study (resumed studies count the finished ones).
         sampler: "tpe" or "nsga2".
+        startup_trials: with "tpe", how many trials are drawn at random before TPE models the study
+            (Optuna's default, 10); a sweep of no more trials than this is a random search.
         prune_below: stop a trial whose utility is below this fraction of the starting model's and
             not recovering (no higher than at the epoch before).
     """
@@ -71,6 +73,7 @@ class Config:
     space: dict[str, list] = field(default_factory=dict)
     trials: int = 30
     sampler: Literal["tpe", "nsga2"] = "tpe"
+    startup_trials: int = 10
     seed: int = 0
     prune_below: float = 0.5
     output_dir: str = "runs/sweep"
@@ -82,6 +85,7 @@ class Config:
                             "(unlearn.eval.forget.path=..., unlearn.eval.retain_reference=RETAIN_RESULTS.json from "
                             "`palu eval` of the retain model), or MUSE's (unlearn.eval_muse.path=...).")
         require(self.trials >= 1, "trials", "at least 1", self.trials)
+        require(self.startup_trials >= 1, "startup_trials", "at least 1", self.startup_trials)
         self.space = typed_space(self.unlearn.method, self.space)
         for name, knob in self.knobs().items():  # every bound and choice must make a valid run
             for value in (knob.low, knob.high) if knob.is_range else knob.choices:
@@ -144,7 +148,7 @@ def _search(cfg: Config, out: Path, progress: bool) -> list[dict]:
     rule = cfg.unlearn.select
     study = optuna.create_study(study_name="palu", storage=f"sqlite:///{out / STUDY}", load_if_exists=True,
                                 directions=[direction(rule.metric), "maximize"])
-    study.sampler = _sampler(cfg.sampler, cfg.seed + len(study.trials))
+    study.sampler = _sampler(cfg.sampler, cfg.seed + len(study.trials), cfg.startup_trials)
     utility = rule.utility
 
     knobs = cfg.knobs()
@@ -221,7 +225,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _sampler(name: str, seed: int):
+def _sampler(name: str, seed: int, startup_trials: int):
     """The study's sampler, seeded by the sweep's seed plus the trials the study already holds: a
     resumed sweep stays reproducible, and workers started on one study (one ``palu sweep`` per
     GPU, same output folder) do not draw the same settings. TPE's constant liar keeps a worker
@@ -229,7 +233,8 @@ def _sampler(name: str, seed: int):
     import optuna
 
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                          n_startup_trials=startup_trials)
     return optuna.samplers.NSGAIISampler(seed=seed)
 
 
