@@ -102,7 +102,6 @@ def equal_summary(found: dict) -> str:
     where = ("no PALU trial kept the utility floor" if best is None else
              f"PALU's best kept trial: forget quality {cell(best['forget_quality'])} at utility "
              f"{cell(best['utility'])} ({best['method']}, {best['trial']})")
-    start = ("" if found.get("trials", 11) > 10 else
-             f" With {found['trials']} trials, every setting is a draw of TPE's random start (Optuna's TPE models a "
-             "study from its 11th trial on), so each method had a random search of the same size.")
+    start = (f" Each method's first {found['startup']} trials were TPE's random start, the other "
+             f"{found['trials'] - found['startup']} drawn from its model of the study." if "startup" in found else "")
     return "\n".join([*lines, "", f"Methods on the front: {', '.join(on_front) or 'none'}. {where}.{start}"])
