@@ -235,17 +235,22 @@ def test_loss_and_gradients_match_the_formula(setup, name, cfg):
     assert all(torch.isfinite(v) for v in fast.values())
 
 
-def test_pdu_multiplier_takes_a_dual_ascent_step_per_call(setup):
+def test_pdu_multiplier_takes_one_dual_ascent_step_per_update_with_the_mean_retain_loss(setup):
+    """The micro-batches of one update use the same multiplier; the update steps it by the mean of their
+    retain losses, as one larger batch would."""
     model, ref_model, batch, _, items = setup
     cfg = PDUConfig(lambda_r=0.2, eta=0.5, eps=3.0)
     multiplier = get_method("pdu").prepare(cfg, model, items, 0).state["multiplier"]
     seen = []
-    for _ in range(3):
-        before = multiplier.value
-        out = get_method("pdu").loss(model, batch, Head.of(ref_model).frozen_copy(), cfg, multiplier=multiplier)
-        seen.append(float(out["lambda_r"]))
-        assert seen[-1] == pytest.approx(before)
-        assert multiplier.value == pytest.approx(max(0.0, before + cfg.eta * (float(out["retain"]) - cfg.eps)))
+    for micro_batches in (1, 2, 1):
+        before, losses = multiplier.value, []
+        for _ in range(micro_batches):
+            out = get_method("pdu").loss(model, batch, Head.of(ref_model).frozen_copy(), cfg, multiplier=multiplier)
+            assert float(out["lambda_r"]) == pytest.approx(before)
+            losses.append(float(out["retain"]))
+        multiplier.after_update()
+        seen.append(multiplier.value)
+        assert multiplier.value == pytest.approx(max(0.0, before + cfg.eta * (sum(losses) / len(losses) - cfg.eps)))
     assert len(set(seen)) == 3
 
 

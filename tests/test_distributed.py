@@ -99,5 +99,5 @@ def test_sharded_training_matches_one_process(start, tmp_path, one, config):
     move weights by about 1e-2), and the reference states, which each process computes for its share of
     the examples in batches padded differently."""
     sharded = run(start, tmp_path, processes=2, batch_size=4, methods=EVERY, config=config)
-    diffs = {method: max_diff(one[method], sharded[method]) for method in EVERY if method != "pdu"}
-    assert max(diffs.values()) < 1e-4, diffs  # pdu's multiplier takes a dual step per process and micro-step
+    diffs = {method: max_diff(one[method], sharded[method]) for method in EVERY}
+    assert max(diffs.values()) < 1e-4, diffs

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from accelerate.utils import reduce
 
 from palu.methods.common import (
     Head,
@@ -48,13 +49,23 @@ class PDUConfig(RetainOptions):
 
 
 class Multiplier:
-    """lambda_r for one run, updated by dual ascent ``max(0, lambda_r + eta (R - eps))`` after each step."""
+    """lambda_r for one run, updated by dual ascent ``max(0, lambda_r + eta (R - eps))`` after each optimizer
+    update, with ``R`` the retain loss averaged over that update's micro-batches and processes: every
+    process keeps the same value, and accumulation steps as one larger batch would."""
 
     def __init__(self, value: float, eta: float, eps: float):
         self.value, self.eta, self.eps = value, eta, eps
+        self._sum, self._count = 0.0, 0
 
-    def update(self, retain: float) -> None:
-        self.value = max(0.0, self.value + self.eta * (retain - self.eps))
+    def record(self, retain: torch.Tensor) -> None:
+        """One micro-batch's retain loss (averaged over the processes, which all call this together)."""
+        self._sum += float(reduce(retain.detach(), "mean"))
+        self._count += 1
+
+    def after_update(self) -> None:
+        if self._count:
+            self.value = max(0.0, self.value + self.eta * (self._sum / self._count - self.eps))
+        self._sum, self._count = 0.0, 0
 
     def state_dict(self) -> dict:  # saved with each checkpoint, so a resumed run continues the ascent
         return {"value": self.value}
@@ -68,7 +79,8 @@ def pdu_prepare(cfg: PDUConfig, model, forget, seed: int) -> Setup:
 
 
 def pdu_loss(model, batch: dict, ref_head: Head, cfg: PDUConfig, multiplier: Multiplier) -> dict[str, torch.Tensor]:
-    """``lambda_f * mean_t (max_v z_t - mean_v z_t)^2 + lambda_r * (R - eps)``, then the dual step.
+    """``lambda_f * mean_t (max_v z_t - mean_v z_t)^2 + lambda_r * (R - eps)``; ``R`` joins the dual step
+    taken after the optimizer update (:class:`Multiplier`).
 
     The logged ``lambda_r`` is the multiplier this step used.
     """
@@ -79,7 +91,7 @@ def pdu_loss(model, batch: dict, ref_head: Head, cfg: PDUConfig, multiplier: Mul
     ret = retain_loss(model, batch["retain"], ref_head, cfg.retain_loss)
     used = multiplier.value
     total = cfg.lambda_f * flat + used * (ret - cfg.eps)
-    multiplier.update(float(ret.detach()))
+    multiplier.record(ret)
     return {"loss": total, "forget": flat.detach(), "retain": ret.detach(), "lambda_r": torch.tensor(used)}
 
 

@@ -146,7 +146,8 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
     to end training early), then a checkpoint (model, optimizer, scheduler, RNG, history) replaces
     the previous one in ``out_dir/checkpoint``.
     Returns the per-epoch history (mean of each logged term, plus the hook's metrics).
-    ``stateful`` objects (with ``state_dict``/``load_state_dict``) are checkpointed with the model.
+    ``stateful`` objects (with ``state_dict``/``load_state_dict``) are checkpointed with the model; those
+    with ``after_update()`` are called after each optimizer update (PDU's dual step).
     ``on_prepared(model)`` runs once the model is on its device (and sharded, with an FSDP2 or ZeRO-3
     config), before any update or resumed state: where a frozen reference is computed.
     """
@@ -208,6 +209,10 @@ def train(model, data: EpochData, collate: Callable, step: Callable, cfg: TrainC
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
+                if accelerator.sync_gradients:
+                    for obj in stateful:
+                        if hasattr(obj, "after_update"):
+                            obj.after_update()
             terms = {name: float(value.detach()) for name, value in losses.items()}
             for name, value in terms.items():
                 sums[name] += value
