@@ -2,7 +2,8 @@
 model, fine-tune it or unlearn from it with each method named, and save the result.
 
 argv: the model folder, the output folder, batch size, accumulation steps, "sharded" or "whole" (what the
-weights must be during training), then the methods ("finetune": fine-tuning on the forget set). Each method
+weights must be during training), then the methods ("finetune": fine-tuning on the forget set; "NAME:default":
+the method with its defaults rather than the options below). Each method
 starts from the saved model, loaded as `palu unlearn` loads it, and writes <output>/<method>/weights.pt
 (gathered in full) and <output>/<method>/model (saved by palu).
 """
@@ -57,8 +58,9 @@ for method in methods:
     if method == "finetune":
         finetune(model, tok, splits.forget[:16], cfg, PromptConfig(), out / method, progress=False)
     else:
-        options = get_method(method).config(**OPTIONS.get(method, {}))
-        unlearn(model, tok, splits.forget[:16], splits.retain, method, options, cfg, PromptConfig(), out / method,
+        name = method.partition(":")[0]  # "rmu:default": the method with its own defaults, not OPTIONS'
+        options = get_method(name).config(**OPTIONS.get(method, {}))
+        unlearn(model, tok, splits.forget[:16], splits.retain, name, options, cfg, PromptConfig(), out / method,
                 progress=False)
     shares = {name: share(p) for name, p in model.named_parameters()}
     if layout == "sharded":  # each process holds its own part of every weight, and only that

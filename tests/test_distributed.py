@@ -87,6 +87,20 @@ def test_two_processes_match_one_with_the_same_effective_batch(start, tmp_path, 
     assert max_diff(other["palu"], two["palu"]) > 1e-3
 
 
+def test_rmu_with_its_defaults_runs_on_two_processes(start, tmp_path):
+    """RMU's loss reads block ``layer``'s output, so the later parameters (here the head) get no gradient; plain data parallel refuses parameters that get none, so RMU trains only those its loss
+    reaches. The blocks end where one process with the same effective batch does (1e-4: Adam amplifies
+    summation-order noise); the embeddings are left out, since rows that only padding reaches get a gradient
+    of rounding noise that Adam turns into a full step of either sign."""
+    two = run(start, tmp_path / "two", processes=2, batch_size=4, methods=("rmu:default",))["rmu:default"]
+    one = run(start, tmp_path / "one", processes=1, batch_size=4, grad_accum=2, methods=("rmu:default",))["rmu:default"]
+    before = load_file(start / "model.safetensors")
+    assert torch.equal(two["lm_head.weight"], before["lm_head.weight"])  # no hidden state reads the head
+    blocks = {k: v for k, v in two.items() if k.startswith("model.layers.")}
+    assert any(not torch.equal(v, before[k]) for k, v in blocks.items())
+    assert max_diff(blocks, one) < 1e-4
+
+
 @pytest.mark.parametrize("config", [
     "fsdp_full_shard.yaml",
     pytest.param("deepspeed_zero3.yaml", marks=pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,

@@ -43,7 +43,8 @@ class RMUConfig(MethodOptions):
             WMDP used 6.5 on Zephyr-7B); it should be comparable to the activation norms at ``layer``.
         alpha: weight of the retain term.
         trainable: regular expressions searched in parameter names; only matching parameters are
-            trained, the rest are frozen for the run. ["all"] trains everything. The WMDP setting
+            trained, the rest are frozen for the run. ["all"] trains everything the loss reaches (the
+            blocks up to ``layer`` and the embeddings; the rest gets no gradient). The WMDP setting
             is ``['layers\\.(5|6|7)\\.mlp\\.down_proj\\.weight']``.
     """
 
@@ -72,10 +73,12 @@ def resolve_layer(cfg: RMUConfig, model) -> int:
     return cfg.layer
 
 
-def trainable_names(cfg: RMUConfig, model) -> set[str] | None:
-    """Names of the parameters ``cfg.trainable`` selects (None: all)."""
+def trainable_names(cfg: RMUConfig, model, layer: int) -> set[str]:
+    """Names of the parameters ``cfg.trainable`` selects; "all" means all that block ``layer``'s output
+    depends on: the later blocks and the head get no gradient from RMU's loss, and plain data parallel
+    refuses parameters that get none."""
     if cfg.trainable == ["all"]:
-        return None
+        return reaching(model, layer)
     names = [name for name, _ in model.named_parameters()]
     chosen = {name for name in names if any(re.search(p, name) for p in cfg.trainable)}
     if not chosen:
@@ -84,12 +87,23 @@ def trainable_names(cfg: RMUConfig, model) -> set[str] | None:
     return chosen
 
 
+def reaching(model, layer: int) -> set[str]:
+    """Names of the trainable parameters block ``layer``'s output depends on, found by differentiating it
+    on a two-token input."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    ids = torch.zeros((1, 2), dtype=torch.long, device=model.device)
+    with torch.enable_grad():
+        out = hidden_state(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, layer + 1)
+        grads = torch.autograd.grad(out.float().sum(), [p for _, p in named], allow_unused=True)
+    return {name for (name, _), grad in zip(named, grads) if grad is not None}
+
+
 def rmu_prepare(cfg: RMUConfig, model, forget, seed: int) -> Setup:
     """The resolved layer, the seeded direction u (uniform entries, then unit norm, as in WMDP)
     and the frozen model's activations there on retain examples."""
     layer = resolve_layer(cfg, model)
     u = torch.rand(model.config.hidden_size, generator=torch.Generator().manual_seed(seed))
-    return Setup(retain_references={"ref_layer_hidden": layer + 1}, trainable=trainable_names(cfg, model),
+    return Setup(retain_references={"ref_layer_hidden": layer + 1}, trainable=trainable_names(cfg, model, layer),
                  state={"layer": layer, "direction": u / u.norm()})
 
 
