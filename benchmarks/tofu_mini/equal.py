@@ -22,7 +22,7 @@ from compare import METHODS, RULE, Comparison, slug
 from search import pareto
 
 from palu.commands.sweep import Config as SweepConfig
-from palu.commands.sweep import run_sweep, selected
+from palu.commands.sweep import finished_trials, run_sweep, selected
 from palu.commands.unlearn import Config as UnlearnConfig
 from palu.io import read_json, write_json
 from palu.methods import configure
@@ -55,10 +55,10 @@ class EqualSearch:
         return Path(cfg.output_dir)
 
     def points(self, method: str, folder: Path) -> list[dict]:
-        """Each trial's selected epoch (or none when no epoch kept the floor) as a plane point."""
+        """Each finished trial's selected epoch (or none when no epoch kept the floor) as a plane point."""
         start = read_json(folder / "start-eval.json")["summary"]
         points = []
-        for run in sorted(folder.glob("trial-*")):
+        for _, run, _ in finished_trials(folder):
             best = best_epoch([start, *epoch_records(run)], RULE)
             if best is not None:
                 points.append({"method": method, "trial": run.name, "epoch": best["epoch"],

@@ -266,18 +266,24 @@ def _prune(records: list[dict], utility: str, fraction: float) -> None:
         raise UtilityCollapsed
 
 
-def selected(out: str | Path, rule) -> dict | None:
-    """The study's selected model: over every epoch of every trial, the one ``rule`` picks (the same rule
-    as within one run), with its trial's folder and settings; None when no epoch keeps the floor."""
+def finished_trials(out: str | Path) -> list[tuple[int, Path, dict]]:
+    """The study's finished trials (complete or pruned, not failed) as (number, folder, settings)."""
     import optuna
     from optuna.trial import TrialState
 
     study = optuna.load_study(study_name="palu", storage=f"sqlite:///{Path(out) / STUDY}")
+    return [(t.number, trial_dir(out, t.number), t.params)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            if trial_dir(out, t.number).is_dir()]
+
+
+def selected(out: str | Path, rule) -> dict | None:
+    """The study's selected model: over every epoch of every finished trial, the one ``rule`` picks (the
+    same rule as within one run), with its trial's folder and settings; None when no epoch keeps the floor."""
     start = read_json(Path(out) / START_EVAL)["summary"]
-    records = [{**r, "trial": t.number, "run": str(trial_dir(out, t.number)), "settings": t.params}
-               for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-               if trial_dir(out, t.number).is_dir()
-               for r in epoch_records(trial_dir(out, t.number)) if r["epoch"] > 0]
+    records = [{**r, "trial": number, "run": str(run), "settings": settings}
+               for number, run, settings in finished_trials(out)
+               for r in epoch_records(run) if r["epoch"] > 0]
     return best_epoch([start, *records], rule)
 
 
