@@ -31,7 +31,7 @@ from compare import LRS, METHODS, Comparison, slug  # noqa: E402
 from equal import EqualSearch  # noqa: E402
 from grid import KS, NS, label, run_grid  # noqa: E402
 from protocol import Protocol  # noqa: E402
-from scale import check, scale_table  # noqa: E402
+from scale import check, scale_file, scale_table  # noqa: E402
 from search import run_search  # noqa: E402
 from tables import comparison_table, equal_summary, grid_table, peak_cell, search_summary, selected  # noqa: E402
 
@@ -138,9 +138,10 @@ def write_scale(args, protocol: Protocol) -> None:
     """tofu_mini_scale.md from both regimes' scale.json (whichever exist)."""
     here = "pretrained" if args.pretrain else "from scratch"
     other = {"from scratch": "pretrained", "pretrained": "from scratch"}[here]
-    regimes = {here: read_json(protocol.evaluations / "scale.json")}
-    if args.transfer_from and (args.transfer_from / protocol.evaluations.name / "scale.json").is_file():
-        regimes[other] = read_json(args.transfer_from / protocol.evaluations.name / "scale.json")
+    regimes = {here: read_json(scale_file(protocol.evaluations))}
+    theirs = scale_file(args.transfer_from / protocol.evaluations.name) if args.transfer_from else None
+    if theirs is not None and theirs.is_file():
+        regimes[other] = read_json(theirs)
     out = ROOT / "benchmarks" / "results" / "tofu_mini_scale.md"
     write_text(out, "\n\n".join([
         header(args, protocol), f"## PALU's loss scale: the official forget term against forget_scale=reference "

@@ -33,6 +33,11 @@ OFFICIAL, SCALED = "palu (GPT-4o spans)", "palu-scaled (GPT-4o spans)"
 VARIANTS = {OFFICIAL: {"name": "palu"}, SCALED: {"name": "palu", "forget_scale": "reference"}}
 
 
+def scale_file(evaluations: Path) -> Path:
+    """Where a regime's scale stage writes its result (``evaluations``: its ``compare-<forget>`` folder)."""
+    return evaluations / "scale.json"
+
+
 def point(record: dict | None) -> dict | None:
     """A selected epoch as forget quality, utility, its settings and the forget term's first-epoch value."""
     if record is None:
@@ -46,7 +51,7 @@ def point(record: dict | None) -> dict | None:
 class ScaleCheck:
     def __init__(self, equal: EqualSearch, transfer_from: Path | None):
         self.equal, self.cmp = equal, equal.cmp
-        self.other = transfer_from / self.cmp.out.name / "scale.json" if transfer_from else None
+        self.other = scale_file(transfer_from / self.cmp.out.name) if transfer_from else None
 
     def own(self) -> dict:
         """Each variant's search in this regime (the official one is the equal stage's)."""
@@ -78,7 +83,7 @@ class ScaleCheck:
             if not self.other.is_file():
                 raise SystemExit(f"{self.other}: no selections of the other regime yet; run its scale stage first")
             result["transferred"] = self.transferred(read_json(self.other)["own"])
-        write_json(self.cmp.out / "scale.json", result)
+        write_json(scale_file(self.cmp.out), result)
         return result
 
 
