@@ -3,7 +3,7 @@ unlearning epoch on TOFU-mini's sets (the whole suite against what the selection
 
     palu demo output_dir=/tmp/palu-demo --quiet                      # once: the models
     python benchmarks/eval_time.py /tmp/palu-demo [--threads 1]
-    python benchmarks/eval_time.py --tofu-mini runs/tofu-mini        # after its models stage
+    python benchmarks/eval_time.py --tofu-mini ~/.cache/palu-benchmarks/tofu-mini        # after its models stage
 
 The first form evaluates the demo's unlearned model on every built-in set (forget 80, retain 640,
 holdout 80 items): forget Prob / ROUGE / truth ratio / forget quality / EM / ES, retain Prob /

@@ -6,10 +6,12 @@
     python benchmarks/tofu_mini/run.py --stages equal --equal-trials 8     # every method, the same search
     python benchmarks/tofu_mini/run.py --pretrain --stages models,equal    # a model that knows the language
     python benchmarks/tofu_mini/run.py --stages scale                      # PALU's loss scale (after equal)
-    python benchmarks/tofu_mini/run.py --pretrain --stages scale --transfer-from runs/tofu-mini
-    python benchmarks/tofu_mini/run.py --stages scale --transfer-from runs/tofu-mini-pretrained
+    python benchmarks/tofu_mini/run.py --pretrain --stages scale --transfer-from ~/.cache/palu-benchmarks/tofu-mini
+    python benchmarks/tofu_mini/run.py --stages scale --transfer-from ~/.cache/palu-benchmarks/tofu-mini-pretrained
 
-Everything is cached under --workdir: a rerun reuses finished runs and resumes unfinished ones.
+Everything is cached under --workdir: a rerun reuses finished runs and resumes unfinished ones. Its
+default lies outside the checkout ($PALU_BENCH_CACHE, else ~/.cache/palu-benchmarks), so a fresh
+checkout on the same machine keeps the models and trials of a stage that takes several sittings.
 The results go to --results (Markdown, with the JSON beside it) and an HTML report.
 See benchmarks/tofu_mini/README.md for the protocol and its deviations from TOFU.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import sys
 import time
@@ -39,14 +42,15 @@ from palu.commands.report import run_report  # noqa: E402
 from palu.io import read_json, write_json, write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("PALU_BENCH_CACHE") or Path.home() / ".cache" / "palu-benchmarks")
 STAGES = ("models", "compare", "grid", "sweep", "equal", "scale")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "tofu", help="TOFU's JSON files")
-    p.add_argument("--workdir", type=Path, help="models and runs, cached (default: runs/tofu-mini, "
-                                                  "runs/tofu-mini-pretrained with --pretrain)")
+    p.add_argument("--workdir", type=Path, help=f"models and runs, cached (default: {CACHE}/tofu-mini, "
+                                                  "tofu-mini-pretrained with --pretrain; PALU_BENCH_CACHE moves it)")
     p.add_argument("--forget", default="forget05", choices=("forget01", "forget05", "forget10"))
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {', '.join(STAGES)}")
     p.add_argument("--budget", type=int, default=3, help="learning rates tried per method (at most 12)")
@@ -65,7 +69,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     regime = "tofu-mini-pretrained" if args.pretrain else "tofu-mini"
-    args.workdir = args.workdir or ROOT / "runs" / regime
+    args.workdir = args.workdir or CACHE / regime
     args.results = args.results or ROOT / "benchmarks" / "results" / f"{regime.replace('-', '_')}.md"
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = sorted(set(stages) - set(STAGES))
