@@ -85,6 +85,9 @@ def main() -> None:
     protocol = Protocol(args.data, args.workdir, args.forget, args.pretrain_data if args.pretrain else None)
     protocol.build()
     cmp = Comparison(protocol, args.budget, args.epochs)
+    if "models" in stages:  # the evaluations every stage shares, so workers started after it never race for them
+        cmp.references()
+        cmp.start_record()
     sections = [header(args, protocol)]
     if {"compare", "grid", "sweep"} & set(stages):
         table = cmp.run_all()
