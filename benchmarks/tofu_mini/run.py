@@ -42,7 +42,7 @@ from palu.commands.report import run_report  # noqa: E402
 from palu.io import read_json, write_json, write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("PALU_BENCH_CACHE") or Path.home() / ".cache" / "palu-benchmarks")
+CACHE = Path(os.environ.get("PALU_BENCH_CACHE") or "~/.cache/palu-benchmarks").expanduser()
 STAGES = ("models", "compare", "grid", "sweep", "equal", "scale")
 
 
