@@ -11,6 +11,12 @@ The method's row is the selected epoch over all its trials (the same rule as eve
 evaluated fully and attacked as in the comparison. Every trial's
 selected epoch joins one forget-quality / utility plane, whose Pareto front says which methods
 are not beaten on both.
+
+A method's search takes longer than a machine may keep its cache, so each finished method is also
+recorded beside the results (``ledger``: its trials' settings and per-epoch records, its plane
+points and its table row), with the SHA-256 of the models it ran on. A later call reuses the
+record instead of searching again, on any machine whose rebuilt models are the same bit for bit,
+and refuses one measured on other models rather than mix the two.
 """
 
 from __future__ import annotations
@@ -35,11 +41,17 @@ LR_RANGE = [1e-4, 3e-3]
 EXTRA_SPACE = {"rmu": {"layer": [1, 2, 3]}}  # the steered block of the 4-block model
 
 
+def history(run: Path) -> list[dict]:
+    """A run's training log, per epoch (none when the sweep pruned it before it wrote one)."""
+    return read_json(run / "history.json") if (run / "history.json").is_file() else []
+
+
 class EqualSearch:
-    def __init__(self, cmp: Comparison, trials: int):
+    def __init__(self, cmp: Comparison, trials: int, ledger: Path | None = None):
         self.cmp, self.trials = cmp, trials
         self.startup = max(1, trials // 2)  # half drawn at random, half guided by TPE's model of the study
         self.out = cmp.out / f"equal-{trials}"
+        self.ledger = ledger / f"trials-{trials}" if ledger else None
 
     def sweep(self, method: str, options: dict | None = None) -> Path:
         """The method's search (cached, resumable); ``options`` fix other method options (a variant)."""
@@ -65,22 +77,50 @@ class EqualSearch:
                                "forget_quality": best["forget_quality"], "utility": best["model_utility"]})
         return points
 
+    def recorded(self, method: str) -> dict | None:
+        """The method's finished search as recorded in the ledger (None when there is none yet)."""
+        path = self.ledger / f"{slug(method)}.json" if self.ledger else None
+        if path is None or not path.is_file():
+            return None
+        entry = read_json(path)
+        if entry["models"] != self.cmp.p.fingerprint():
+            raise SystemExit(f"{path}: {method} was searched on other models than those in {self.cmp.p.workdir} "
+                             f"(weights {entry['models']}, here {self.cmp.p.fingerprint()}): they were rebuilt with "
+                             "other arithmetic (CPU or torch). Move the file away to search it again on these models.")
+        return entry
+
+    def search(self, method: str, options: dict | None = None) -> dict:
+        """The method's search (``options``: as in :meth:`sweep`), its selected model evaluated fully and
+        attacked, as a ledger entry."""
+        folder = self.sweep(method, options)
+        best = selected(folder, RULE)
+        row = {"selected": None}
+        if best is not None:
+            run = Path(best["run"])
+            row = {"selected": {"run": str(run.relative_to(self.cmp.out)), "trial": best["trial"],
+                                "lr": best["settings"]["lr"], "epoch": best["epoch"], "settings": best["settings"]},
+                   **self.cmp.final(method, run, best, tag=f"equal-{self.trials}-")}
+        trials = [{"trial": number, "settings": settings, "epochs": epoch_records(run),
+                   "history": history(run)}
+                  for number, run, settings in finished_trials(folder)]
+        entry = {"method": method, "models": self.cmp.p.fingerprint(), "trials": trials, "startup": self.startup,
+                 "points": self.points(method, folder), "row": row}
+        if self.ledger:
+            write_json(self.ledger / f"{slug(method)}.json", entry)
+        return entry
+
+    def searched(self, method: str, options: dict | None = None) -> dict:
+        """The method's ledger entry, searching first unless a finished search was recorded."""
+        return self.recorded(method) or self.search(method, options)
+
     def run_all(self, methods: list[str] | None = None) -> dict:
         """Every method's search (or only ``methods``: workers on two cores split the list, and a last
         call without it gathers every finished search into the table)."""
         table, plane = self.cmp.references(), []
         for method in methods or METHODS:
             log.info("equal search: %s", method)
-            folder = self.sweep(method)
-            plane += self.points(method, folder)
-            best = selected(folder, RULE)
-            if best is None:
-                table[method] = {"selected": None}
-                continue
-            run = Path(best["run"])
-            table[method] = {"selected": {"run": str(run.relative_to(self.cmp.out)), "lr": best["settings"]["lr"],
-                                          "epoch": best["epoch"], "settings": best["settings"]},
-                             **self.cmp.final(method, run, best, tag=f"equal-{self.trials}-")}
+            entry = self.searched(method)
+            table[method], plane = entry["row"], plane + entry["points"]
             write_json(self.out / "comparison.json", {"table": table, "front": pareto(plane), "plane": plane})
         result = {"table": table, "front": pareto(plane), "plane": plane, "trials": self.trials,
                   "startup": self.startup}

@@ -28,6 +28,7 @@ Both models and the reference are cached: a finished run is reused, an interrupt
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -152,6 +153,11 @@ class Protocol:
                  last.get("known_prob", float("nan")), last.get("known_rouge", float("nan")), time.time() - start)
         return path
 
+    def fingerprint(self) -> dict[str, str]:
+        """Each model's weights as a SHA-256: results recorded on other weights (the models rebuilt on
+        another CPU or torch, whose arithmetic differs) must not be mixed with results on these."""
+        return {name: _sha256(self.workdir / name / MODEL_DIR) for name in ("full", self.retain)}
+
     def eval_config(self, model: Path | str, output_dir: Path | str, reference: bool = True) -> EvalConfig:
         """The evaluation of every stage: forget (perturbed), retain_perturbed, the two general sets, holdout."""
         return EvalConfig(
@@ -180,6 +186,14 @@ class Protocol:
             run_eval(self.eval_config(self.model(self.retain), self.reference.parent, reference=False), overwrite=True,
                      progress=False)
 
+
+def _sha256(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for weights in sorted(folder.glob("*.safetensors")):
+        with weights.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _rows(path: Path) -> list[dict]:

@@ -122,23 +122,31 @@ def main() -> None:
         write_text(args.results, "\n\n".join([*sections, wall()]) + "\n")
         print(f"results in {args.results}")
     if "equal" in stages:  # its own file, so the stages above and this one can be rerun apart
-        found = EqualSearch(cmp, args.equal_trials).run_all(methods)
+        found = EqualSearch(cmp, args.equal_trials, ledger(args)).run_all(methods)
         if methods:
             print(f"equal search done for {', '.join(methods)}; run without --methods for the table")
             return
         equal = args.results.with_name(f"{args.results.stem}_equal.md")
         write_json(equal.with_suffix(".json"), found)
         html = equal.with_name(f"{equal.stem}_report.html")
-        run_report([cmp.out / "eval-full", cmp.out / "eval-retain",
-                    *(cmp.out / f"eval-equal-{args.equal_trials}-{slug(m)}" for m, row in found["table"].items()
-                      if row.get("selected"))], html)
+        finals = [cmp.out / f"eval-equal-{args.equal_trials}-{slug(m)}" for m, row in found["table"].items()
+                  if row.get("selected")]
+        here = [folder for folder in finals if (folder / "summary.json").is_file()]  # a recorded search's may be gone
+        run_report([cmp.out / "eval-full", cmp.out / "eval-retain", *here], html)
         write_text(equal, "\n\n".join([header(args, protocol), f"## Equal search: every method, {args.equal_trials} "
                                         "sweep trials each", comparison_table(found["table"]), equal_summary(found),
-                                        f"HTML report of the selected models: `{html.name}`.", wall()]) + "\n")
+                                        f"HTML report of the {len(here)} of {len(finals)} selected models "
+                                        f"evaluated in {cmp.out}: `{html.name}`; every row: `{equal.stem}.json`.",
+                                        wall()]) + "\n")
         print(f"results in {equal}")
     if "scale" in stages:
-        check(cmp, args.equal_trials, args.transfer_from)
+        check(cmp, args.equal_trials, args.transfer_from, ledger(args))
         write_scale(args, protocol)
+
+
+def ledger(args) -> Path:
+    """Where the equal stage records each finished method beside the results (committed with them)."""
+    return args.results.with_name(f"{args.results.stem}_equal")
 
 
 def write_scale(args, protocol: Protocol) -> None:

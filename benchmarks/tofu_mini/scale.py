@@ -21,9 +21,8 @@ import logging
 from pathlib import Path
 
 from compare import RULE, Comparison, slug
-from equal import EqualSearch
+from equal import EqualSearch, history
 
-from palu.commands.sweep import selected
 from palu.io import read_json, write_json
 from palu.runs import epoch_records
 from palu.train.selection import best_epoch
@@ -38,14 +37,24 @@ def scale_file(evaluations: Path) -> Path:
     return evaluations / "scale.json"
 
 
-def point(record: dict | None) -> dict | None:
-    """A selected epoch as forget quality, utility, its settings and the forget term's first-epoch value."""
+def point(record: dict | None, history: list[dict]) -> dict | None:
+    """A selected epoch as forget quality, utility, its settings and the forget term's first-epoch value
+    (``history``: its run's training log)."""
     if record is None:
         return None
-    history = Path(record["run"]) / "history.json"  # a trial the sweep pruned has none
-    first = next((r for r in read_json(history) if r["epoch"] == 1), {}) if history.is_file() else {}
+    first = next((r for r in history if r["epoch"] == 1), {})
     return {"forget_quality": record["forget_quality"], "utility": record["model_utility"],
             "epoch": record["epoch"], "settings": record.get("settings"), "forget_term_epoch_1": first.get("forget")}
+
+
+def selected_point(entry: dict) -> dict | None:
+    """A search's selected epoch (an equal-stage ledger entry) as a :func:`point`."""
+    chosen = entry["row"]["selected"]
+    if chosen is None:
+        return None
+    trial = next(t for t in entry["trials"] if t["trial"] == chosen["trial"])
+    record = next(r for r in trial["epochs"] if r["epoch"] == chosen["epoch"])
+    return point({**record, "settings": chosen["settings"]}, trial["history"])
 
 
 class ScaleCheck:
@@ -58,7 +67,7 @@ class ScaleCheck:
         found = {}
         for variant in VARIANTS:
             log.info("scale: search %s", variant)
-            found[variant] = point(selected(self.equal.sweep(variant, VARIANTS[variant]), RULE))
+            found[variant] = selected_point(self.equal.searched(variant, VARIANTS[variant]))
         return found
 
     def transferred(self, other: dict) -> dict:
@@ -74,7 +83,7 @@ class ScaleCheck:
             run = self.cmp.train(folder, {**VARIANTS[variant], **settings}, self.cmp.forget_source(OFFICIAL), lr)
             start = read_json(self.cmp.start_record())["summary"]
             best = best_epoch([start, *epoch_records(run)], RULE)
-            found[variant] = point(best and {**best, "run": str(run), "settings": chosen["settings"]})
+            found[variant] = point(best and {**best, "settings": chosen["settings"]}, history(run))
         return found
 
     def run(self) -> dict:
@@ -103,5 +112,5 @@ def scale_table(regimes: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def check(cmp: Comparison, trials: int, transfer_from: Path | None) -> dict:
-    return ScaleCheck(EqualSearch(cmp, trials), transfer_from).run()
+def check(cmp: Comparison, trials: int, transfer_from: Path | None, ledger: Path | None = None) -> dict:
+    return ScaleCheck(EqualSearch(cmp, trials, ledger), transfer_from).run()
