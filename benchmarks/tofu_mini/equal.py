@@ -41,6 +41,11 @@ LR_RANGE = [1e-4, 3e-3]
 EXTRA_SPACE = {"rmu": {"layer": [1, 2, 3]}}  # the steered block of the 4-block model
 
 
+def records(ledger: Path, trials: int) -> Path:
+    """The folder of a ledger's records of searches of ``trials`` trials."""
+    return ledger / f"trials-{trials}"
+
+
 def history(run: Path) -> list[dict]:
     """A run's training log, per epoch (none when the sweep pruned it before it wrote one)."""
     return read_json(run / "history.json") if (run / "history.json").is_file() else []
@@ -51,7 +56,7 @@ class EqualSearch:
         self.cmp, self.trials = cmp, trials
         self.startup = max(1, trials // 2)  # half drawn at random, half guided by TPE's model of the study
         self.out = cmp.out / f"equal-{trials}"
-        self.ledger = ledger / f"trials-{trials}" if ledger else None
+        self.ledger = records(ledger, trials) if ledger else None
 
     def sweep(self, method: str, options: dict | None = None) -> Path:
         """The method's search (cached, resumable); ``options`` fix other method options (a variant)."""

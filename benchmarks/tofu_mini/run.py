@@ -6,8 +6,8 @@
     python benchmarks/tofu_mini/run.py --stages equal --equal-trials 8     # every method, the same search
     python benchmarks/tofu_mini/run.py --pretrain --stages models,equal    # a model that knows the language
     python benchmarks/tofu_mini/run.py --stages scale                      # PALU's loss scale (after equal)
-    python benchmarks/tofu_mini/run.py --pretrain --stages scale --transfer-from ~/.cache/palu-benchmarks/tofu-mini
-    python benchmarks/tofu_mini/run.py --stages scale --transfer-from ~/.cache/palu-benchmarks/tofu-mini-pretrained
+    python benchmarks/tofu_mini/run.py --pretrain --stages scale           # there, and the first regime's setting
+    python benchmarks/tofu_mini/run.py --stages scale                      # again: the second regime's setting here
 
 Everything is cached under --workdir: a rerun reuses finished runs and resumes unfinished ones. Its
 default lies outside the checkout ($PALU_BENCH_CACHE, else ~/.cache/palu-benchmarks), so a fresh
@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import LRS, METHODS, Comparison, slug  # noqa: E402
-from equal import EqualSearch  # noqa: E402
+from equal import EqualSearch, records  # noqa: E402
 from grid import KS, NS, label, run_grid  # noqa: E402
 from protocol import Protocol  # noqa: E402
 from scale import check, scale_file, scale_table  # noqa: E402
@@ -43,6 +43,7 @@ from palu.io import read_json, write_json, write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PALU_BENCH_CACHE") or "~/.cache/palu-benchmarks").expanduser()
+REGIMES = ("tofu-mini", "tofu-mini-pretrained")  # from scratch, and pretrained on general English (--pretrain)
 STAGES = ("models", "compare", "grid", "sweep", "equal", "scale")
 
 
@@ -62,15 +63,13 @@ def main() -> None:
     p.add_argument("--pretrain", action="store_true", help="the second regime: pretrain on general English first")
     p.add_argument("--pretrain-data", type=Path, default=ROOT.parent / "shared" / "data" / "muse_news" / "raw",
                    help="general text for --pretrain: *.jsonl of {\"text\"} (default: MUSE-News's BBC articles)")
-    p.add_argument("--transfer-from", type=Path, help="the scale stage: the other regime's working folder, whose "
-                                                      "selected PALU settings are run here unchanged")
     p.add_argument("--results", type=Path, help="default: benchmarks/results/tofu_mini.md (tofu_mini_pretrained.md "
                                                 "with --pretrain)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    regime = "tofu-mini-pretrained" if args.pretrain else "tofu-mini"
+    regime = REGIMES[args.pretrain]
     args.workdir = args.workdir or CACHE / regime
-    args.results = args.results or ROOT / "benchmarks" / "results" / f"{regime.replace('-', '_')}.md"
+    args.results = args.results or results_file(regime)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = sorted(set(stages) - set(STAGES))
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
@@ -122,7 +121,7 @@ def main() -> None:
         write_text(args.results, "\n\n".join([*sections, wall()]) + "\n")
         print(f"results in {args.results}")
     if "equal" in stages:  # its own file, so the stages above and this one can be rerun apart
-        found = EqualSearch(cmp, args.equal_trials, ledger(args)).run_all(methods)
+        found = EqualSearch(cmp, args.equal_trials, ledger(args.results)).run_all(methods)
         if methods:
             print(f"equal search done for {', '.join(methods)}; run without --methods for the table")
             return
@@ -140,23 +139,27 @@ def main() -> None:
                                         wall()]) + "\n")
         print(f"results in {equal}")
     if "scale" in stages:
-        check(cmp, args.equal_trials, args.transfer_from, ledger(args))
-        write_scale(args, protocol)
+        here, other = (records(ledger(path), args.equal_trials)
+                       for path in (args.results, results_file(REGIMES[not args.pretrain])))
+        check(cmp, args.equal_trials, ledger(args.results), scale_file(other))
+        write_scale(args, protocol, scale_file(here), scale_file(other))
 
 
-def ledger(args) -> Path:
-    """Where the equal stage records each finished method beside the results (committed with them)."""
-    return args.results.with_name(f"{args.results.stem}_equal")
+def results_file(regime: str) -> Path:
+    return ROOT / "benchmarks" / "results" / f"{regime.replace('-', '_')}.md"
 
 
-def write_scale(args, protocol: Protocol) -> None:
-    """tofu_mini_scale.md from both regimes' scale.json (whichever exist)."""
-    here = "pretrained" if args.pretrain else "from scratch"
-    other = {"from scratch": "pretrained", "pretrained": "from scratch"}[here]
-    regimes = {here: read_json(scale_file(protocol.evaluations))}
-    theirs = scale_file(args.transfer_from / protocol.evaluations.name) if args.transfer_from else None
-    if theirs is not None and theirs.is_file():
-        regimes[other] = read_json(theirs)
+def ledger(results: Path) -> Path:
+    """Where the equal stage records each finished method beside ``results`` (committed with them)."""
+    return results.with_name(f"{results.stem}_equal")
+
+
+def write_scale(args, protocol: Protocol, own: Path, other: Path) -> None:
+    """tofu_mini_scale.md from both regimes' scale.json (``other``: the other regime's, when it exists)."""
+    here, there = ("pretrained", "from scratch") if args.pretrain else ("from scratch", "pretrained")
+    regimes = {here: read_json(own)}
+    if other.is_file():
+        regimes[there] = read_json(other)
     out = ROOT / "benchmarks" / "results" / "tofu_mini_scale.md"
     write_text(out, "\n\n".join([
         header(args, protocol), f"## PALU's loss scale: the official forget term against forget_scale=reference "
@@ -172,8 +175,7 @@ def header(args, protocol: Protocol) -> str:
     shown = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
     return (f"# TOFU-mini ({args.forget})\n\nCommand: `python benchmarks/tofu_mini/run.py --forget {args.forget} "
             f"--stages {args.stages} --budget {args.budget} --epochs {args.epochs} --equal-trials {args.equal_trials}"
-            f"{' --pretrain' if args.pretrain else ''}"
-            f"{f' --transfer-from {args.transfer_from}' if args.transfer_from else ''} --results {shown}`\n\n"
+            f"{' --pretrain' if args.pretrain else ''} --results {shown}`\n\n"
             f"Machine: {platform.machine()}, "
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}. Date: {date.today()}. "
             f"Models and runs: {protocol.workdir}. What the tables show: `benchmarks/tofu_mini/README.md`, Findings.")

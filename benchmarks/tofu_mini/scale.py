@@ -8,11 +8,12 @@ In each regime (``--stages scale``, after ``equal``):
 
 - the scaled variant gets the same search as every method of the equal stage (same trials, lr,
   alpha, K and N, same rule), beside the official one's;
-- once the other regime (``--transfer-from``) has its own selections, each variant's selected
+- once the other regime has its own selections (its ``scale.json``), each variant's selected
   setting of that regime is run here unchanged (one 5-epoch run, the same rule): the setting that
   transfers is the one that loses least against what this regime's own search found.
 
-Each regime writes ``scale.json`` in its working folder; the table combines both.
+Each regime writes ``scale.json`` among its equal-stage records beside the results (so it outlives
+the working folder); the table combines both.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ OFFICIAL, SCALED = "palu (GPT-4o spans)", "palu-scaled (GPT-4o spans)"
 VARIANTS = {OFFICIAL: {"name": "palu"}, SCALED: {"name": "palu", "forget_scale": "reference"}}
 
 
-def scale_file(evaluations: Path) -> Path:
-    """Where a regime's scale stage writes its result (``evaluations``: its ``compare-<forget>`` folder)."""
-    return evaluations / "scale.json"
+def scale_file(records: Path) -> Path:
+    """Where a regime's scale stage writes its result (``records``: its equal-stage records)."""
+    return records / "scale.json"
 
 
 def point(record: dict | None, history: list[dict]) -> dict | None:
@@ -58,9 +59,8 @@ def selected_point(entry: dict) -> dict | None:
 
 
 class ScaleCheck:
-    def __init__(self, equal: EqualSearch, transfer_from: Path | None):
-        self.equal, self.cmp = equal, equal.cmp
-        self.other = scale_file(transfer_from / self.cmp.out.name) if transfer_from else None
+    def __init__(self, equal: EqualSearch, other: Path):
+        self.equal, self.cmp, self.other = equal, equal.cmp, other
 
     def own(self) -> dict:
         """Each variant's search in this regime (the official one is the equal stage's)."""
@@ -88,11 +88,12 @@ class ScaleCheck:
 
     def run(self) -> dict:
         result = {"own": self.own()}
-        if self.other is not None:
-            if not self.other.is_file():
-                raise SystemExit(f"{self.other}: no selections of the other regime yet; run its scale stage first")
+        if self.other.is_file():
             result["transferred"] = self.transferred(read_json(self.other)["own"])
-        write_json(scale_file(self.cmp.out), result)
+        else:
+            log.info("scale: %s does not exist yet; run the other regime's scale stage, then this one again",
+                     self.other)
+        write_json(scale_file(self.equal.ledger), result)
         return result
 
 
@@ -112,5 +113,7 @@ def scale_table(regimes: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def check(cmp: Comparison, trials: int, transfer_from: Path | None, ledger: Path | None = None) -> dict:
-    return ScaleCheck(EqualSearch(cmp, trials, ledger), transfer_from).run()
+def check(cmp: Comparison, trials: int, ledger: Path, other: Path) -> dict:
+    """The scale stage in this regime (``ledger``: its equal-stage records; ``other``: the other regime's
+    scale.json, whose settings are run here once it exists)."""
+    return ScaleCheck(EqualSearch(cmp, trials, ledger), other).run()
