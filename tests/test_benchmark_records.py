@@ -1,0 +1,95 @@
+"""TOFU-mini's equal-stage records: a finished method's search is reused across sittings only on the same models."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "tofu_mini"))
+from equal import EqualSearch, records  # noqa: E402
+from protocol import Protocol  # noqa: E402
+from scale import selected_point  # noqa: E402
+
+from palu.io import read_json, write_json  # noqa: E402
+
+
+def _weights(folder: Path, value: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"w": torch.full((3,), value)}, str(folder / "model.safetensors"))
+
+
+@pytest.fixture
+def protocol(tmp_path) -> Protocol:
+    tofu = tmp_path / "tofu"
+    tofu.mkdir()
+    for name in ("full", "forget05", "retain95", "forget05_perturbed", "retain_perturbed", "real_authors",
+                 "world_facts"):
+        (tofu / f"{name}.json").write_text("[]")
+    p = Protocol(tofu, tmp_path / "work")
+    _weights(p.model("full"), 1.0)
+    _weights(p.model("retain95"), 2.0)
+    return p
+
+
+class _Comparison:
+    def __init__(self, protocol: Protocol, out: Path):
+        self.p, self.out = protocol, out
+
+    def references(self) -> dict:
+        return {"full": {}, "retain": {}}
+
+
+def _entry(search: EqualSearch, method: str) -> dict:
+    """What a search of ``method`` records: one trial whose second epoch was selected."""
+    epochs = [{"epoch": e, "forget_quality": 0.1 * e, "model_utility": 0.9} for e in (1, 2)]
+    return {"method": method, "models": search.cmp.p.fingerprint(), "startup": 4,
+            "trials": [{"trial": 0, "settings": {"lr": 1e-4}, "epochs": epochs, "history": [{"epoch": 1, "forget": 7.5}]}],
+            "points": [{"method": method, "trial": "trial-000", "epoch": 2, "forget_quality": 0.2, "utility": 0.9}],
+            "row": {"selected": {"trial": 0, "epoch": 2, "lr": 1e-4, "settings": {"lr": 1e-4}}}}
+
+
+def _searching(search: EqualSearch, calls: list[str]) -> None:
+    def search_once(method: str, options: dict | None = None) -> dict:
+        calls.append(method)
+        entry = _entry(search, method)
+        write_json(search.ledger / f"{method}.json", entry)
+        return entry
+
+    search.search = search_once
+
+
+def test_a_recorded_search_is_reused_not_run_again(protocol, tmp_path):
+    ledger = tmp_path / "results" / "tofu_mini_equal"
+    calls: list[str] = []
+    first = EqualSearch(_Comparison(protocol, tmp_path / "cache-1"), 8, ledger)
+    _searching(first, calls)
+    first.run_all(["ga", "npo"])
+    # a later sitting: a new working folder (the cache is gone), the same models rebuilt
+    later = EqualSearch(_Comparison(protocol, tmp_path / "cache-2"), 8, ledger)
+    _searching(later, calls)
+    found = later.run_all(["ga", "npo", "wga"])
+    assert calls == ["ga", "npo", "wga"]
+    assert [p["method"] for p in found["plane"]] == ["ga", "npo", "wga"]
+    assert sorted(p.name for p in records(ledger, 8).iterdir()) == ["ga.json", "npo.json", "wga.json"]
+    assert read_json(records(ledger, 8) / "ga.json")["models"] == protocol.fingerprint()
+
+
+def test_a_search_recorded_on_other_weights_is_refused(protocol, tmp_path):
+    ledger = tmp_path / "tofu_mini_equal"
+    search = EqualSearch(_Comparison(protocol, tmp_path / "cache"), 8, ledger)
+    _searching(search, [])
+    search.run_all(["ga"])
+    _weights(protocol.model("full"), 1.0 + 1e-6)  # rebuilt with other arithmetic
+    with pytest.raises(SystemExit, match=r"ga\.json: ga was searched on other models"):
+        EqualSearch(_Comparison(protocol, tmp_path / "cache"), 8, ledger).run_all(["ga"])
+    assert EqualSearch(_Comparison(protocol, tmp_path / "cache"), 16, ledger).recorded("ga") is None  # other budget
+
+
+def test_the_selected_point_comes_from_the_record(protocol, tmp_path):
+    search = EqualSearch(_Comparison(protocol, tmp_path), 8, tmp_path / "ledger")
+    assert selected_point(_entry(search, "palu")) == {"forget_quality": 0.2, "utility": 0.9, "epoch": 2,
+                                                      "settings": {"lr": 1e-4}, "forget_term_epoch_1": 7.5}
