@@ -74,19 +74,28 @@ def test_a_recorded_search_is_reused_not_run_again(protocol, tmp_path):
     found = later.run_all(["ga", "npo", "wga"])
     assert calls == ["ga", "npo", "wga"]
     assert [p["method"] for p in found["plane"]] == ["ga", "npo", "wga"]
-    assert sorted(p.name for p in records(ledger, 8).iterdir()) == ["ga.json", "npo.json", "wga.json"]
-    assert read_json(records(ledger, 8) / "ga.json")["models"] == protocol.fingerprint()
+    assert sorted(p.name for p in later.ledger.iterdir()) == ["ga.json", "npo.json", "wga.json"]
+    assert later.ledger.parent == records(ledger, 8)
+    assert read_json(later.ledger / "ga.json")["models"] == protocol.fingerprint()
 
 
-def test_a_search_recorded_on_other_weights_is_refused(protocol, tmp_path):
-    ledger = tmp_path / "tofu_mini_equal"
+def test_searches_on_other_weights_are_kept_apart(protocol, tmp_path):
+    ledger, calls = tmp_path / "tofu_mini_equal", []
     search = EqualSearch(_Comparison(protocol, tmp_path / "cache"), 8, ledger)
-    _searching(search, [])
+    _searching(search, calls)
     search.run_all(["ga"])
-    _weights(protocol.model("full"), 1.0 + 1e-6)  # rebuilt with other arithmetic
-    with pytest.raises(SystemExit, match=r"ga\.json: ga was searched on other models"):
-        EqualSearch(_Comparison(protocol, tmp_path / "cache"), 8, ledger).run_all(["ga"])
+    _weights(protocol.model("full"), 1.0 + 1e-6)  # the models rebuilt with other arithmetic
+    elsewhere = EqualSearch(_Comparison(protocol, tmp_path / "cache"), 8, ledger)
+    _searching(elsewhere, calls)
+    elsewhere.run_all(["ga"])
+    assert calls == ["ga", "ga"]  # searched again on these weights
+    assert elsewhere.ledger != search.ledger
+    assert read_json(search.ledger / "ga.json")["models"] != read_json(elsewhere.ledger / "ga.json")["models"]
     assert EqualSearch(_Comparison(protocol, tmp_path / "cache"), 16, ledger).recorded("ga") is None  # other budget
+    moved = elsewhere.ledger / "npo.json"  # a record put in the wrong folder by hand
+    write_json(moved, {**read_json(search.ledger / "ga.json"), "method": "npo"})
+    with pytest.raises(SystemExit, match=r"npo\.json: npo was searched on other models"):
+        elsewhere.recorded("npo")
 
 
 def test_the_selected_point_comes_from_the_record(protocol, tmp_path):

@@ -12,15 +12,18 @@ evaluated fully and attacked as in the comparison. Every trial's
 selected epoch joins one forget-quality / utility plane, whose Pareto front says which methods
 are not beaten on both.
 
-A method's search takes longer than a machine may keep its cache, so each finished method is also
+The stage takes longer than a machine may keep its cache, so each finished method is also
 recorded beside the results (``ledger``: its trials' settings and per-epoch records, its plane
-points and its table row), with the SHA-256 of the models it ran on. A later call reuses the
-record instead of searching again, on any machine whose rebuilt models are the same bit for bit,
-and refuses one measured on other models rather than mix the two.
+points and its table row), in a folder named by the SHA-256 of the models' weights. A later call
+reuses the records made on the same weights (a machine that rebuilds the models bit for bit) and
+searches only the methods missing there; models rebuilt with other arithmetic (another CPU or
+torch) start a folder of their own, so a table never mixes searches on different models.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -46,6 +49,11 @@ def records(ledger: Path, trials: int) -> Path:
     return ledger / f"trials-{trials}"
 
 
+def models_id(fingerprint: dict[str, str]) -> str:
+    """A short name for a set of model weights (``Protocol.fingerprint``)."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def history(run: Path) -> list[dict]:
     """A run's training log, per epoch (none when the sweep pruned it before it wrote one)."""
     return read_json(run / "history.json") if (run / "history.json").is_file() else []
@@ -56,7 +64,7 @@ class EqualSearch:
         self.cmp, self.trials = cmp, trials
         self.startup = max(1, trials // 2)  # half drawn at random, half guided by TPE's model of the study
         self.out = cmp.out / f"equal-{trials}"
-        self.ledger = records(ledger, trials) if ledger else None
+        self.ledger = records(ledger, trials) / f"models-{models_id(cmp.p.fingerprint())}" if ledger else None
 
     def sweep(self, method: str, options: dict | None = None) -> Path:
         """The method's search (cached, resumable); ``options`` fix other method options (a variant)."""
@@ -90,8 +98,9 @@ class EqualSearch:
         entry = read_json(path)
         if entry["models"] != self.cmp.p.fingerprint():
             raise SystemExit(f"{path}: {method} was searched on other models than those in {self.cmp.p.workdir} "
-                             f"(weights {entry['models']}, here {self.cmp.p.fingerprint()}): they were rebuilt with "
-                             "other arithmetic (CPU or torch). Move the file away to search it again on these models.")
+                             f"(weights {entry['models']}, here {self.cmp.p.fingerprint()}); the folder's name "
+                             "should say which. Move the file to the folder of its models.")
+        log.info("equal search: %s recorded in %s", method, path)
         return entry
 
     def search(self, method: str, options: dict | None = None) -> dict:
@@ -122,6 +131,10 @@ class EqualSearch:
         """Every method's search (or only ``methods``: workers on two cores split the list, and a last
         call without it gathers every finished search into the table)."""
         table, plane = self.cmp.references(), []
+        for other in sorted(self.ledger.parent.glob("models-*")) if self.ledger else []:
+            if other != self.ledger:
+                log.info("equal search: %d searches in %s ran on other models (rebuilt elsewhere); not used here",
+                         len(list(other.glob("*.json"))), other)
         for method in methods or METHODS:
             log.info("equal search: %s", method)
             entry = self.searched(method)
