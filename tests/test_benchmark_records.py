@@ -1,20 +1,28 @@
-"""TOFU-mini's equal-stage records: a finished method's search is reused across sittings only on the same models."""
+"""TOFU-mini's equal-stage records: a search outlives its cache, and is reused only on the same models."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_sweep import demo, sweep_args  # noqa: F401, F811 (demo: the fixture)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "tofu_mini"))
 from equal import EqualSearch, records  # noqa: E402
 from protocol import Protocol  # noqa: E402
 from scale import selected_point  # noqa: E402
+from trials import load_study, restore, snapshot  # noqa: E402
 
+from palu.commands.sweep import Config as SweepConfig  # noqa: E402
+from palu.commands.sweep import run_sweep, selected  # noqa: E402
+from palu.config import load_config  # noqa: E402
 from palu.io import read_json, write_json  # noqa: E402
+from palu.train.selection import SelectionRule  # noqa: E402
 
 
 def _weights(folder: Path, value: float) -> None:
@@ -102,3 +110,26 @@ def test_the_selected_point_comes_from_the_record(protocol, tmp_path):
     search = EqualSearch(_Comparison(protocol, tmp_path), 8, tmp_path / "ledger")
     assert selected_point(_entry(search, "palu")) == {"forget_quality": 0.2, "utility": 0.9, "epoch": 2,
                                                       "settings": {"lr": 1e-4}, "forget_term_epoch_1": 7.5}
+
+
+def test_a_search_whose_folder_is_gone_goes_on_from_its_recorded_trials(demo, tmp_path):  # noqa: F811
+    out, recorded = tmp_path / "s", []
+    args = [a for a in sweep_args(demo, out, 2, "prune_below=0")[1:] if a != "--quiet"]
+    run_sweep(load_config(SweepConfig, None, args), after_trial=lambda study, t: recorded.append(snapshot(study, out)))
+    rows = recorded[-1]
+    assert [(r["trial"], r["state"], len(r["epochs"])) for r in rows] == [(0, "COMPLETE", 3), (1, "COMPLETE", 3)]
+    before = load_study(out)
+    front = selected(out, SelectionRule())
+    start = shutil.copy(out / "start-eval.json", tmp_path / "start.json")  # the comparison's start record
+    shutil.rmtree(out)  # the cache is gone; the records are not
+
+    restore(out, json.loads(json.dumps(rows)), ["maximize", "maximize"], Path(start))
+    again = load_study(out)
+    assert [(t.number, t.state, t.params, t.values, t.system_attrs) for t in again.trials] == [
+        (t.number, t.state, t.params, t.values, t.system_attrs) for t in before.trials]
+    assert selected(out, SelectionRule()) == front  # the same selection from the summaries alone
+    run_sweep(load_config(SweepConfig, None, [a.replace("trials=2", "trials=3") for a in args]))
+    study = load_study(out)
+    assert len(study.trials) == 3 and study.trials[2].params not in [t.params for t in before.trials]
+    assert sorted(p.name for p in out.glob("trial-*")) == ["trial-000", "trial-001", "trial-002"]
+    assert (out / "trial-002" / "best").is_dir() and not (out / "trial-000" / "best").exists()

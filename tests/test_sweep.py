@@ -15,7 +15,7 @@ from test_cli import TINY
 import palu.commands.sweep
 from palu.cli import main
 from palu.commands.sweep import Config as SweepConfig
-from palu.commands.sweep import collapsed, pareto_table, selected, space_table
+from palu.commands.sweep import collapsed, pareto_table, run_sweep, selected, space_table
 from palu.config import load_config
 from palu.errors import PaluError
 from palu.methods import METHODS
@@ -74,6 +74,14 @@ def test_trials_that_lose_utility_stop_and_count_only_with_a_kept_epoch(demo, tm
         assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2 and front
     else:
         assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2 and front == []
+
+
+def test_a_callback_sees_each_trial_of_this_worker_as_it_ends(demo, tmp_path):
+    out, seen = tmp_path / "cb", []
+    cfg = load_config(SweepConfig, None, [a for a in sweep_args(demo, out, 2, "prune_below=0")[1:] if a != "--quiet"])
+    run_sweep(cfg, after_trial=lambda study, trial: seen.append(
+        (trial.number, trial.state.name, len(study.trials), len(epoch_records(out / f"trial-{trial.number:03d}")))))
+    assert seen == [(0, "COMPLETE", 1, 3), (1, "COMPLETE", 2, 3)]  # epochs 0-2 evaluated before the call
 
 
 def test_a_worker_stops_when_the_shared_study_is_full(demo, tmp_path, monkeypatch):

@@ -12,12 +12,14 @@ evaluated fully and attacked as in the comparison. Every trial's
 selected epoch joins one forget-quality / utility plane, whose Pareto front says which methods
 are not beaten on both.
 
-The stage takes longer than a machine may keep its cache, so each finished method is also
-recorded beside the results (``ledger``: its trials' settings and per-epoch records, its plane
-points and its table row), in a folder named by the SHA-256 of the models' weights. A later call
-reuses the records made on the same weights (a machine that rebuilds the models bit for bit) and
-searches only the methods missing there; models rebuilt with other arithmetic (another CPU or
-torch) start a folder of their own, so a table never mixes searches on different models.
+The stage takes longer than a machine may keep its cache, so each method's search is also
+recorded beside the results (``ledger``): every trial as it ends (``trials.py``), and once the
+search is done its plane points and table row, in a folder named by the SHA-256 of the models'
+weights. A later call on the same weights (a machine that rebuilds the models bit for bit)
+reuses the finished searches, goes on with an unfinished one from its recorded trials, and trains
+the selected trial again when its model is gone, checking that every epoch comes out the same.
+Models rebuilt with other arithmetic (another CPU or torch) start a folder of their own, so a
+table never mixes searches on different models.
 """
 
 from __future__ import annotations
@@ -25,19 +27,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from compare import METHODS, RULE, Comparison, slug
 from search import pareto
+from trials import load_study, restore, snapshot
 
 from palu.commands.sweep import Config as SweepConfig
-from palu.commands.sweep import finished_trials, run_sweep, selected
+from palu.commands.sweep import direction, finished_trials, run_sweep, selected
 from palu.commands.unlearn import Config as UnlearnConfig
+from palu.commands.unlearn import run_unlearn
 from palu.io import read_json, write_json
 from palu.methods import configure
-from palu.runs import epoch_records
+from palu.runs import BEST_DIR, epoch_records
 from palu.train.loop import TrainConfig
-from palu.train.selection import best_epoch
+from palu.train.selection import best_epoch, share_start
 
 log = logging.getLogger("tofu_mini")
 LR_RANGE = [1e-4, 3e-3]
@@ -54,9 +59,8 @@ def models_id(fingerprint: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def history(run: Path) -> list[dict]:
-    """A run's training log, per epoch (none when the sweep pruned it before it wrote one)."""
-    return read_json(run / "history.json") if (run / "history.json").is_file() else []
+class Replayed(Exception):
+    """Ends a replayed trial after the last epoch its record holds (the sweep had pruned it there)."""
 
 
 class EqualSearch:
@@ -66,18 +70,53 @@ class EqualSearch:
         self.out = cmp.out / f"equal-{trials}"
         self.ledger = records(ledger, trials) / f"models-{models_id(cmp.p.fingerprint())}" if ledger else None
 
-    def sweep(self, method: str, options: dict | None = None) -> Path:
-        """The method's search (cached, resumable); ``options`` fix other method options (a variant)."""
+    def config(self, method: str, options: dict | None = None) -> SweepConfig:
+        """The method's search; ``options`` fix other method options (a variant)."""
         cmp = self.cmp
         options = options or {"name": METHODS[method]["name"]}
         name = options["name"]
         base = UnlearnConfig(model=str(cmp.p.model("full")), forget=cmp.forget_source(method), retain=cmp.p.retain_set,
                              method=configure(options), eval=cmp.epoch_sets(), select=RULE,
                              train=TrainConfig(epochs=cmp.epochs, batch_size=8, warmup_epochs=1, max_length=256))
-        cfg = SweepConfig(unlearn=base, space={"lr": LR_RANGE, **EXTRA_SPACE.get(name, {})}, trials=self.trials,
-                          startup_trials=self.startup, output_dir=str(self.out / slug(method)))
-        run_sweep(cfg)
-        return Path(cfg.output_dir)
+        return SweepConfig(unlearn=base, space={"lr": LR_RANGE, **EXTRA_SPACE.get(name, {})}, trials=self.trials,
+                           startup_trials=self.startup, output_dir=str(self.out / slug(method)))
+
+    def sweep(self, method: str, options: dict | None = None) -> Path:
+        """The method's search (cached and resumable, each trial recorded as it ends; a search whose
+        folder is gone goes on from its recorded trials)."""
+        cfg = self.config(method, options)
+        out, partial = Path(cfg.output_dir), self.entry(method)
+        if not out.exists() and partial and partial["trials"]:
+            log.info("equal search: %s goes on from its %d recorded trials", method, len(partial["trials"]))
+            restore(out, partial["trials"], [direction(RULE.metric), "maximize"], self.cmp.start_record())
+        run_sweep(cfg, after_trial=lambda study, trial: self.record(method, snapshot(study, out)))
+        return out
+
+    def replay(self, method: str, options: dict | None, best: dict) -> tuple[Path, dict]:
+        """Train the selected trial again when its model is gone (it was recorded in another sitting),
+        up to the last epoch its record holds; says whether every epoch's values came out the same."""
+        cfg, trial = self.config(method, options), Path(best["run"])
+        recorded = {r["epoch"]: r for r in epoch_records(trial) if r["epoch"] > 0}
+        run = trial.parent / f"replay-{best['trial']:03d}"
+        share_start(run, self.cmp.start_record())
+
+        def stop(records: list[dict]) -> None:
+            if records[-1]["epoch"] >= max(recorded):
+                raise Replayed
+
+        log.info("equal search: %s, trial %d trained again for its model", method, best["trial"])
+        try:
+            run_unlearn(replace(cfg.settings(best["settings"]), output_dir=str(run)), resume=True, progress=False,
+                        stop=stop)
+        except Replayed:
+            pass
+        again = {r["epoch"]: r for r in epoch_records(run)}
+        same = all(again.get(e, {}).get(k) == r.get(k) for e, r in recorded.items()
+                   for k in (RULE.metric, "model_utility"))
+        if not same:
+            log.warning("equal search: %s, trial %d trained again gives other values than recorded", method,
+                        best["trial"])
+        return run, {"trial": best["trial"], "same_values": same}
 
     def points(self, method: str, folder: Path) -> list[dict]:
         """Each finished trial's selected epoch (or none when no epoch kept the floor) as a plane point."""
@@ -90,8 +129,8 @@ class EqualSearch:
                                "forget_quality": best["forget_quality"], "utility": best["model_utility"]})
         return points
 
-    def recorded(self, method: str) -> dict | None:
-        """The method's finished search as recorded in the ledger (None when there is none yet)."""
+    def entry(self, method: str) -> dict | None:
+        """The method's record in the ledger, finished or not (None when there is none)."""
         path = self.ledger / f"{slug(method)}.json" if self.ledger else None
         if path is None or not path.is_file():
             return None
@@ -100,28 +139,39 @@ class EqualSearch:
             raise SystemExit(f"{path}: {method} was searched on other models than those in {self.cmp.p.workdir} "
                              f"(weights {entry['models']}, here {self.cmp.p.fingerprint()}); the folder's name "
                              "should say which. Move the file to the folder of its models.")
-        log.info("equal search: %s recorded in %s", method, path)
+        return entry
+
+    def recorded(self, method: str) -> dict | None:
+        """The method's finished search as recorded in the ledger (None when it is not finished)."""
+        entry = self.entry(method)
+        if entry is None or "row" not in entry:
+            return None
+        log.info("equal search: %s recorded in %s", method, self.ledger)
+        return entry
+
+    def record(self, method: str, trials: list[dict], **finished) -> dict:
+        """The method's ledger entry: its trials so far, and once finished its plane points and row."""
+        entry = {"method": method, "models": self.cmp.p.fingerprint(), "startup": self.startup, "trials": trials,
+                 **finished}
+        if self.ledger:
+            write_json(self.ledger / f"{slug(method)}.json", entry)
         return entry
 
     def search(self, method: str, options: dict | None = None) -> dict:
-        """The method's search (``options``: as in :meth:`sweep`), its selected model evaluated fully and
-        attacked, as a ledger entry."""
+        """The method's search (``options``: as in :meth:`config`), its selected model evaluated fully
+        and attacked, as a ledger entry."""
         folder = self.sweep(method, options)
         best = selected(folder, RULE)
         row = {"selected": None}
         if best is not None:
-            run = Path(best["run"])
+            run, chosen = Path(best["run"]), {}
+            if not (run / BEST_DIR).is_dir():
+                run, chosen["replayed"] = self.replay(method, options, best)
             row = {"selected": {"run": str(run.relative_to(self.cmp.out)), "trial": best["trial"],
-                                "lr": best["settings"]["lr"], "epoch": best["epoch"], "settings": best["settings"]},
+                                "lr": best["settings"]["lr"], "epoch": best["epoch"], "settings": best["settings"],
+                                **chosen},
                    **self.cmp.final(method, run, best, tag=f"equal-{self.trials}-")}
-        trials = [{"trial": number, "settings": settings, "epochs": epoch_records(run),
-                   "history": history(run)}
-                  for number, run, settings in finished_trials(folder)]
-        entry = {"method": method, "models": self.cmp.p.fingerprint(), "trials": trials, "startup": self.startup,
-                 "points": self.points(method, folder), "row": row}
-        if self.ledger:
-            write_json(self.ledger / f"{slug(method)}.json", entry)
-        return entry
+        return self.record(method, snapshot(load_study(folder), folder), points=self.points(method, folder), row=row)
 
     def searched(self, method: str, options: dict | None = None) -> dict:
         """The method's ledger entry, searching first unless a finished search was recorded."""

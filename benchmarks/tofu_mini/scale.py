@@ -22,7 +22,8 @@ import logging
 from pathlib import Path
 
 from compare import RULE, Comparison, slug
-from equal import EqualSearch, history
+from equal import EqualSearch
+from trials import history
 
 from palu.io import read_json, write_json
 from palu.runs import epoch_records

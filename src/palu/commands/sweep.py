@@ -30,6 +30,7 @@ import os
 import shutil
 import socket
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -126,21 +127,22 @@ def utility_of(record: dict, name: str) -> float | None:
 
 
 def run_sweep(cfg: Config, overwrite: bool = False, progress: bool = False,
-              allow_config_change: bool = False) -> list[dict]:
+              allow_config_change: bool = False, after_trial: Callable | None = None) -> list[dict]:
     """Run (or resume) the study; returns the Pareto-optimal trials, also written to ``pareto.json``.
 
     A sweep folder resumes without ``--resume`` (workers share it); its config may change only in
-    ``trials``, unless ``allow_config_change``."""
+    ``trials``, unless ``allow_config_change``. ``after_trial(study, trial)`` is called as each trial of
+    this worker ends (an Optuna callback), e.g. to copy its results somewhere that outlives the folder."""
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate TPE
     reuse = Reuse(overwrite, resume=True, allow_config_change=allow_config_change)
     with run_folder(cfg.output_dir, "sweep", cfg, reuse, shared=True, ignore=("trials",)) as out:
         unlearn.check_inputs(cfg.unlearn)  # before the study: a bad path leaves a new folder as it was
-        return _search(cfg, out, progress)
+        return _search(cfg, out, progress, after_trial)
 
 
-def _search(cfg: Config, out: Path, progress: bool) -> list[dict]:
+def _search(cfg: Config, out: Path, progress: bool, after_trial: Callable | None) -> list[dict]:
     import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
@@ -188,7 +190,8 @@ def _search(cfg: Config, out: Path, progress: bool) -> list[dict]:
     done = (TrialState.COMPLETE, TrialState.PRUNED)  # a failed trial is drawn anew when the sweep resumes
     remaining = cfg.trials - len(study.get_trials(deepcopy=False, states=done))
     if remaining > 0:  # other workers on the same study count too: stop once the study holds enough trials
-        study.optimize(objective, n_trials=remaining, catch=(), callbacks=[MaxTrialsCallback(cfg.trials, states=done)])
+        study.optimize(objective, n_trials=remaining, catch=(),
+                       callbacks=[MaxTrialsCallback(cfg.trials, states=done), *([after_trial] if after_trial else [])])
     sign = 1 if direction(rule.metric) == "maximize" else -1
     front = [{"trial": t.number, "epoch": t.user_attrs.get("epoch"), rule.metric: t.values[0],
               "utility": t.values[1], **t.params} for t in sorted(study.best_trials, key=lambda t: -sign * t.values[0])]
