@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from test_sweep import demo, sweep_args  # noqa: F401, F811 (demo: the fixture)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "tofu_mini"))
+from compare import Comparison  # noqa: E402
 from equal import EqualSearch, records  # noqa: E402
 from protocol import Protocol  # noqa: E402
 from scale import selected_point  # noqa: E402
@@ -21,6 +22,8 @@ from trials import load_study, restore, snapshot  # noqa: E402
 from palu.commands.sweep import Config as SweepConfig  # noqa: E402
 from palu.commands.sweep import run_sweep, selected  # noqa: E402
 from palu.config import load_config  # noqa: E402
+from palu.data.sources import synthetic  # noqa: E402
+from palu.eval.sets import EvalSets  # noqa: E402
 from palu.io import read_json, write_json  # noqa: E402
 from palu.train.selection import SelectionRule  # noqa: E402
 
@@ -133,3 +136,67 @@ def test_a_search_whose_folder_is_gone_goes_on_from_its_recorded_trials(demo, tm
     assert len(study.trials) == 3 and study.trials[2].params not in [t.params for t in before.trials]
     assert sorted(p.name for p in out.glob("trial-*")) == ["trial-000", "trial-001", "trial-002"]
     assert (out / "trial-002" / "best").is_dir() and not (out / "trial-000" / "best").exists()
+
+
+class _DemoModels:
+    """The protocol's interface on the tiny demo's models and a few built-in items."""
+
+    retain, retain_set, fingerprint = "retain95", synthetic("retain", limit=8), Protocol.fingerprint
+
+    def __init__(self, source: Path, workdir: Path):
+        for name in ("full", "retain95"):
+            shutil.copytree(source / ("retain" if name == "retain95" else name) / "model", self.model(name, workdir))
+        self.workdir = workdir
+
+    def model(self, name: str, workdir: Path | None = None) -> Path:
+        return (workdir or self.workdir) / name / "model"
+
+
+class _DemoComparison:
+    """The comparison's interface on the demo's models."""
+
+    epochs = 2
+
+    def __init__(self, models: Path, out: Path, protocol: _DemoModels):
+        self.demo, self.out, self.p = models, out, protocol
+
+    def forget_source(self, method: str):
+        return synthetic("forget", limit=8)
+
+    def epoch_sets(self) -> EvalSets:
+        return EvalSets(forget=synthetic("forget", limit=6), retain=synthetic("retain", limit=3), max_new_tokens=4,
+                        max_length=128, retain_reference=str(self.demo / "eval-retain" / "results.json"))
+
+    def start_record(self) -> Path:
+        return self.out / "start.json"
+
+    def start_run(self, folder: Path) -> None:
+        Comparison.start_run(self, folder)
+
+    def final(self, method: str, run: Path, best: dict, tag: str = "") -> dict:
+        return {"final_on": str(run / "best")}
+
+    def references(self) -> dict:
+        return {}
+
+
+def test_an_unfinished_search_goes_on_in_a_later_sitting_and_its_selected_trial_is_trained_again(
+        demo, tmp_path):  # noqa: F811
+    protocol = _DemoModels(demo, tmp_path / "work")  # the demo's models stand in for TOFU-mini's
+    ledger, first = tmp_path / "ledger", _DemoComparison(demo, tmp_path / "cache-1", protocol)
+    search = EqualSearch(first, 2, ledger)
+    done = search.search("ga")
+    assert [t["state"] for t in done["trials"]] == ["COMPLETE", "COMPLETE"]
+    assert "replayed" not in done["row"]["selected"]
+    write_json(search.ledger / "ga.json", {k: v for k, v in done.items() if k not in ("row", "points")})  # unfinished
+
+    later = _DemoComparison(demo, tmp_path / "cache-2", protocol)  # the cache is gone
+    later.out.mkdir()  # with the start record the models stage writes again
+    shutil.copy(first.out / "equal-2" / "ga" / "start-eval.json", later.start_record())
+    again = EqualSearch(later, 2, ledger).run_all(["ga"])["table"]["ga"]["selected"]
+    chosen = done["row"]["selected"]
+    assert {k: again[k] for k in ("trial", "epoch", "settings")} == {k: chosen[k] for k in ("trial", "epoch", "settings")}
+    assert again["replayed"] == {"trial": chosen["trial"], "same_values": True}  # the same model, epoch by epoch
+    assert again["run"].endswith(f"replay-{chosen['trial']:03d}")
+    assert (later.out / again["run"] / "best").is_dir()
+    assert not (later.out / "equal-2" / "ga" / f"trial-{chosen['trial']:03d}" / "best").exists()

@@ -34,6 +34,7 @@ from palu.eval.suites import tofu_suite
 from palu.io import read_json, write_json
 from palu.methods import configure
 from palu.models import load_model, load_tokenizer
+from palu.runs import new_run
 from palu.train.loop import TrainConfig
 from palu.train.selection import BEST_DIR, EpochEvaluator, SelectionRule, best_epoch, epoch_path, share_start
 
@@ -98,13 +99,18 @@ class Comparison:
             evaluator.evaluate(0, load_model(full))
         return path
 
+    def start_run(self, folder: Path) -> None:
+        """``folder`` as a `palu unlearn` run that resumes, holding the full model's evaluation as epoch 0."""
+        new_run(folder, "unlearn")
+        share_start(folder, self.start_record())
+
     def run(self, method: str, lr: float) -> Path:
         return self.train(self.out / "runs" / slug(method) / f"lr-{lr:g}", METHODS[method],
                           self.forget_source(method), lr)
 
     def train(self, folder: Path, method: dict, forget: DataSource, lr: float) -> Path:
         """One unlearning run from the full model, evaluated after every epoch (cached, resumable)."""
-        share_start(folder, self.start_record())
+        self.start_run(folder)
         cfg = UnlearnConfig(model=str(self.p.model("full")), forget=forget, retain=self.p.retain_set,
                             method=configure(method), eval=self.epoch_sets(), select=RULE, output_dir=str(folder),
                             train=TrainConfig(epochs=self.epochs, lr=lr, batch_size=8, warmup_epochs=1, max_length=256))

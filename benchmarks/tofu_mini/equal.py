@@ -42,7 +42,7 @@ from palu.io import read_json, write_json
 from palu.methods import configure
 from palu.runs import BEST_DIR, epoch_records
 from palu.train.loop import TrainConfig
-from palu.train.selection import best_epoch, share_start
+from palu.train.selection import best_epoch, utility_floor
 
 log = logging.getLogger("tofu_mini")
 LR_RANGE = [1e-4, 3e-3]
@@ -98,7 +98,7 @@ class EqualSearch:
         cfg, trial = self.config(method, options), Path(best["run"])
         recorded = {r["epoch"]: r for r in epoch_records(trial) if r["epoch"] > 0}
         run = trial.parent / f"replay-{best['trial']:03d}"
-        share_start(run, self.cmp.start_record())
+        self.cmp.start_run(run)
 
         def stop(records: list[dict]) -> None:
             if records[-1]["epoch"] >= max(recorded):
@@ -111,8 +111,8 @@ class EqualSearch:
         except Replayed:
             pass
         again = {r["epoch"]: r for r in epoch_records(run)}
-        same = all(again.get(e, {}).get(k) == r.get(k) for e, r in recorded.items()
-                   for k in (RULE.metric, "model_utility"))
+        utility, _ = utility_floor(epoch_records(run), RULE)
+        same = all(again.get(e, {}).get(k) == r.get(k) for e, r in recorded.items() for k in (RULE.metric, utility))
         if not same:
             log.warning("equal search: %s, trial %d trained again gives other values than recorded", method,
                         best["trial"])
@@ -121,12 +121,13 @@ class EqualSearch:
     def points(self, method: str, folder: Path) -> list[dict]:
         """Each finished trial's selected epoch (or none when no epoch kept the floor) as a plane point."""
         start = read_json(folder / "start-eval.json")["summary"]
+        utility, _ = utility_floor([start], RULE)
         points = []
         for _, run, _ in finished_trials(folder):
             best = best_epoch([start, *epoch_records(run)], RULE)
             if best is not None:
                 points.append({"method": method, "trial": run.name, "epoch": best["epoch"],
-                               "forget_quality": best["forget_quality"], "utility": best["model_utility"]})
+                               "forget_quality": best["forget_quality"], "utility": best[utility]})
         return points
 
     def entry(self, method: str) -> dict | None:
