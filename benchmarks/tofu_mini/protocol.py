@@ -20,8 +20,8 @@ Built only from TOFU's files (``--data``, default ../shared/data/tofu) and palu'
 
 With ``pretrain`` (the second regime, a model that knows the language), the tokenizer also learns
 from general English text (``--pretrain-data``: MUSE-News's BBC articles, about 3,500 of them), a
-``pretrained/`` model learns that text from scratch first, and the full and retain models are
-fine-tuned from it rather than from scratch.
+``pretrained/`` model learns that text from scratch first (one pass, a tenth of it warm-up), and
+the full and retain models are fine-tuned from it rather than from scratch.
 
 Both models and the reference are cached: a finished run is reused, an interrupted one resumes.
 """
@@ -32,7 +32,9 @@ import hashlib
 import json
 import logging
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from multiprocessing import get_context
 from pathlib import Path
 
 from palu.commands.eval import Config as EvalConfig
@@ -49,7 +51,8 @@ from palu.train.finetune import EarlyStop
 log = logging.getLogger("tofu_mini")
 HOLDOUT = range(3400, 3600)  # authors 171-180 of full.json
 MAX_EPOCHS = 15
-PRETRAIN_EPOCHS = 3
+PRETRAIN_EPOCHS = 1  # 3M tokens of BBC news: enough for ordinary wording, and it fits in a sitting
+MODEL_THREADS, PRETRAIN_THREADS = 1, 2  # per model process: fixed, so a rebuild gives the same weights
 VOCAB = 8000
 EVAL_OPTIONS = dict(batch_size=32, max_new_tokens=128, max_length=256)
 RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
@@ -60,6 +63,7 @@ class Protocol:
 
     def __init__(self, tofu: Path, workdir: Path, forget: str = "forget05", pretrain: Path | None = None):
         self.tofu, self.workdir, self.forget, self.retain = Path(tofu), Path(workdir), forget, RETAIN[forget]
+        self.args = (tofu, workdir, forget, pretrain)  # to make the same protocol in another process
         self.pretrain = sorted(Path(pretrain).glob("*.jsonl")) if pretrain else []
         if pretrain and not self.pretrain:
             raise SystemExit(f"no general text (*.jsonl of {{\"text\"}}) in {pretrain}")
@@ -128,7 +132,7 @@ class Protocol:
             return "scratch"
         if not is_finished(self.workdir / "pretrained"):
             start = time.time()
-            train = replace(scratch_train(), epochs=PRETRAIN_EPOCHS, max_length=256)
+            train = replace(scratch_train(), epochs=PRETRAIN_EPOCHS, warmup_epochs=0.1, max_length=256)
             run_finetune(FinetuneConfig(model="scratch", tokenizer=str(self.tokenizer), data=self.general_text(),
                                         output_dir=str(self.workdir / "pretrained"), train=train),
                          resume=True, progress=False)
@@ -176,15 +180,46 @@ class Protocol:
     def reference(self) -> Path:
         return self.evaluations / "eval-retain" / "results.json"
 
+    def train_model(self, name: str) -> Path | str:
+        """The pretrained model, the full model or the split's retain model."""
+        if name == "pretrained":
+            return self.pretrained()
+        if name == "full":
+            return self.train("full", self.prepared("full"), self.source("forget05"))
+        return self.train(self.retain, self.retain_set, self.source("retain_perturbed", limit=200))
+
     def build(self) -> None:
-        """Data, tokenizer, both models and the retain model's evaluation (all cached)."""
+        """Data, tokenizer, the models and the retain model's evaluation (all cached).
+
+        Each model trains in a process of its own with a fixed number of threads, which changes the
+        arithmetic: a later sitting that lost the cache rebuilds the same weights bit for bit, so the
+        equal stage's records of this machine stay valid (``equal.py``). The full and retain models
+        train at once, on one thread each, after the pretrained model (two threads) they start from."""
         self.prepare_data()
         self.train_tokenizer()
-        self.train("full", self.prepared("full"), self.source("forget05"))
-        self.train(self.retain, self.retain_set, self.source("retain_perturbed", limit=200))
+        if self.pretrain and not is_finished(self.workdir / "pretrained"):
+            _in_processes(self.args, ["pretrained"], PRETRAIN_THREADS)
+        _in_processes(self.args, [name for name in ("full", self.retain) if not is_finished(self.workdir / name)],
+                      MODEL_THREADS)
         if not self.reference.is_file():
             run_eval(self.eval_config(self.model(self.retain), self.reference.parent, reference=False), overwrite=True,
                      progress=False)
+
+
+def _in_processes(args: tuple, names: list[str], threads: int) -> None:
+    """Train the models ``names`` of ``Protocol(*args)`` at once, one process each with ``threads`` threads."""
+    if names:
+        with ProcessPoolExecutor(len(names), mp_context=get_context("spawn")) as pool:
+            for done in pool.map(_train_model, [args] * len(names), names, [threads] * len(names)):
+                log.info("model ready: %s", done)
+
+
+def _train_model(args: tuple, name: str, threads: int) -> Path | str:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    return Protocol(*args).train_model(name)
 
 
 def _sha256(folder: Path) -> str:
