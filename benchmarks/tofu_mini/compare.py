@@ -17,6 +17,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from protocol import EVAL_OPTIONS, Protocol
 
 from palu.annotate import annotate
@@ -87,7 +88,10 @@ class Comparison:
                         retain_reference=ev.retain_reference, **EVAL_OPTIONS)
 
     def start_record(self) -> Path:
-        """The full model's per-epoch evaluation, computed once and given to every run as its epoch 0."""
+        """The full model's per-epoch evaluation, computed once and given to every run as its epoch 0.
+
+        On one thread, like the runs' own per-epoch evaluations (one worker per core): the thread
+        count moves values by float rounding, and the start sets every run's utility floor."""
         path = epoch_path(self.out / "start", 0)
         if not path.is_file():
             sets = self.epoch_sets()
@@ -95,8 +99,12 @@ class Comparison:
             tok = load_tokenizer(full)
             suite = tofu_suite(tok, eval_sets(sets, SyntheticConfig()), PromptConfig(),
                                read_json(sets.retain_reference), **sets.options())
-            evaluator = EpochEvaluator(suite, tok, self.out / "start", RULE)
-            evaluator.evaluate(0, load_model(full))
+            evaluator, threads = EpochEvaluator(suite, tok, self.out / "start", RULE), torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                evaluator.evaluate(0, load_model(full))
+            finally:
+                torch.set_num_threads(threads)
         return path
 
     def start_run(self, folder: Path) -> None:

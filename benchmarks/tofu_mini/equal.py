@@ -38,9 +38,9 @@ from palu.commands.sweep import Config as SweepConfig
 from palu.commands.sweep import direction, finished_trials, run_sweep, selected
 from palu.commands.unlearn import Config as UnlearnConfig
 from palu.commands.unlearn import run_unlearn
-from palu.io import read_json, write_json
+from palu.io import copy_file, read_json, write_json
 from palu.methods import configure
-from palu.runs import BEST_DIR, epoch_records
+from palu.runs import BEST_DIR, START_EVAL, epoch_records, new_run
 from palu.train.loop import TrainConfig
 from palu.train.selection import best_epoch, utility_floor
 
@@ -84,12 +84,18 @@ class EqualSearch:
     def sweep(self, method: str, options: dict | None = None) -> Path:
         """The method's search (cached and resumable, each trial recorded as it ends; a search whose
         folder is gone goes on from its recorded trials)."""
-        cfg = self.config(method, options)
+        cfg, start = self.config(method, options), self.cmp.start_record()
         out, partial = Path(cfg.output_dir), self.entry(method)
         if not out.exists() and partial and partial["trials"]:
             log.info("equal search: %s goes on from its %d recorded trials", method, len(partial["trials"]))
-            restore(out, partial["trials"], [direction(RULE.metric), "maximize"], self.cmp.start_record())
-        run_sweep(cfg, after_trial=lambda study, trial: self.record(method, snapshot(study, out)))
+            if partial.get("start") not in (None, read_json(start)["summary"]):
+                log.warning("equal search: %s's trials were recorded from another start record than %s", method,
+                            start)
+            restore(out, partial["trials"], [direction(RULE.metric), "maximize"], start)
+        elif not (out / START_EVAL).is_file():  # every search starts from the one start record
+            copy_file(start, new_run(out, "sweep") / START_EVAL)
+        run_sweep(cfg, after_trial=lambda study, trial: self.record(method, snapshot(study, out),
+                                                                    start=read_json(out / START_EVAL)["summary"]))
         return out
 
     def replay(self, method: str, options: dict | None, best: dict) -> tuple[Path, dict]:
@@ -151,7 +157,8 @@ class EqualSearch:
         return entry
 
     def record(self, method: str, trials: list[dict], **finished) -> dict:
-        """The method's ledger entry: its trials so far, and once finished its plane points and row."""
+        """The method's ledger entry: its trials so far and their start record's summary, and once
+        finished its plane points and row."""
         entry = {"method": method, "models": self.cmp.p.fingerprint(), "startup": self.startup, "trials": trials,
                  **finished}
         if self.ledger:
@@ -172,7 +179,9 @@ class EqualSearch:
                                 "lr": best["settings"]["lr"], "epoch": best["epoch"], "settings": best["settings"],
                                 **chosen},
                    **self.cmp.final(method, run, best, tag=f"equal-{self.trials}-")}
-        return self.record(method, snapshot(load_study(folder), folder), points=self.points(method, folder), row=row)
+        start = read_json(folder / START_EVAL)["summary"]
+        return self.record(method, snapshot(load_study(folder), folder), start=start,
+                           points=self.points(method, folder), row=row)
 
     def searched(self, method: str, options: dict | None = None) -> dict:
         """The method's ledger entry, searching first unless a finished search was recorded."""
