@@ -68,7 +68,8 @@ class EqualSearch:
         self.cmp, self.trials = cmp, trials
         self.startup = max(1, trials // 2)  # half drawn at random, half guided by TPE's model of the study
         self.out = cmp.out / f"equal-{trials}"
-        self.ledger = records(ledger, trials) / f"models-{models_id(cmp.p.fingerprint())}" if ledger else None
+        self.models = cmp.p.fingerprint()  # hashed once: it reads every model's weights
+        self.ledger = records(ledger, trials) / f"models-{models_id(self.models)}" if ledger else None
 
     def config(self, method: str, options: dict | None = None) -> SweepConfig:
         """The method's search; ``options`` fix other method options (a variant)."""
@@ -116,8 +117,8 @@ class EqualSearch:
                         stop=stop)
         except Replayed:
             pass
-        again = {r["epoch"]: r for r in epoch_records(run)}
-        utility, _ = utility_floor(epoch_records(run), RULE)
+        replayed = epoch_records(run)
+        again, (utility, _) = {r["epoch"]: r for r in replayed}, utility_floor(replayed, RULE)
         same = all(again.get(e, {}).get(k) == r.get(k) for e, r in recorded.items() for k in (RULE.metric, utility))
         if not same:
             log.warning("equal search: %s, trial %d trained again gives other values than recorded", method,
@@ -142,9 +143,9 @@ class EqualSearch:
         if path is None or not path.is_file():
             return None
         entry = read_json(path)
-        if entry["models"] != self.cmp.p.fingerprint():
+        if entry["models"] != self.models:
             raise SystemExit(f"{path}: {method} was searched on other models than those in {self.cmp.p.workdir} "
-                             f"(weights {entry['models']}, here {self.cmp.p.fingerprint()}); the folder's name "
+                             f"(weights {entry['models']}, here {self.models}); the folder's name "
                              "should say which. Move the file to the folder of its models.")
         return entry
 
@@ -159,7 +160,7 @@ class EqualSearch:
     def record(self, method: str, trials: list[dict], **finished) -> dict:
         """The method's ledger entry: its trials so far and their start record's summary, and once
         finished its plane points and row."""
-        entry = {"method": method, "models": self.cmp.p.fingerprint(), "startup": self.startup, "trials": trials,
+        entry = {"method": method, "models": self.models, "startup": self.startup, "trials": trials,
                  **finished}
         if self.ledger:
             write_json(self.ledger / f"{slug(method)}.json", entry)
