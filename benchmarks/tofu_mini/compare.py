@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from protocol import EVAL_OPTIONS, Protocol
+from protocol import EVAL_OPTIONS, Protocol, float32
 
 from palu.annotate import annotate
 from palu.commands.annotate import write_spans
@@ -121,9 +121,14 @@ class Comparison:
         self.start_run(folder)
         cfg = UnlearnConfig(model=str(self.p.model("full")), forget=forget, retain=self.p.retain_set,
                             method=configure(method), eval=self.epoch_sets(), select=RULE, output_dir=str(folder),
-                            train=TrainConfig(epochs=self.epochs, lr=lr, batch_size=8, warmup_epochs=1, max_length=256))
+                            train=self.unlearn_train(lr))
         run_unlearn(cfg, resume=True, progress=False)
         return folder
+
+    def unlearn_train(self, lr: float = TrainConfig.lr) -> TrainConfig:
+        """Every unlearning run's training: 5 epochs, batch 8, one warm-up epoch, float32."""
+        return float32(TrainConfig(epochs=self.epochs, lr=lr, batch_size=8, warmup_epochs=1,
+                                   max_length=256))
 
     def select(self, method: str) -> tuple[Path, dict] | None:
         """The method's selected epoch over all its runs, by the same rule as within one run."""
@@ -149,7 +154,7 @@ class Comparison:
             base = self.p.eval_config(model, attacks)
             cfg = AttackConfig(**{**vars(base), "retain": None, "real_authors": None, "world_facts": None,
                                   "holdout": None, "fluency_model": None}, attacks=["relearn", "quantize"],
-                               quantize_bits=[4], relearn=replace(relearn_train(), lr=1e-3))
+                               quantize_bits=[4], relearn=float32(replace(relearn_train(), lr=1e-3)))
             run_attack(cfg, overwrite=True, progress=False)
             write_json(attacks / "selected.json", chosen)
         return {"eval": read_json(ev / "summary.json"), "attack": read_json(attacks / "summary.json")}

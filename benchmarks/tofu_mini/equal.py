@@ -41,7 +41,6 @@ from palu.commands.unlearn import run_unlearn
 from palu.io import copy_file, read_json, write_json
 from palu.methods import configure
 from palu.runs import BEST_DIR, START_EVAL, epoch_records, new_run
-from palu.train.loop import TrainConfig
 from palu.train.selection import best_epoch, utility_floor
 
 log = logging.getLogger("tofu_mini")
@@ -78,7 +77,7 @@ class EqualSearch:
         name = options["name"]
         base = UnlearnConfig(model=str(cmp.p.model("full")), forget=cmp.forget_source(method), retain=cmp.p.retain_set,
                              method=configure(options), eval=cmp.epoch_sets(), select=RULE,
-                             train=TrainConfig(epochs=cmp.epochs, batch_size=8, warmup_epochs=1, max_length=256))
+                             train=cmp.unlearn_train())
         return SweepConfig(unlearn=base, space={"lr": LR_RANGE, **EXTRA_SPACE.get(name, {})}, trials=self.trials,
                            startup_trials=self.startup, output_dir=str(self.out / slug(method)))
 

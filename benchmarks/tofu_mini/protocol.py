@@ -47,6 +47,7 @@ from palu.io import read_json, write_json, write_text
 from palu.models import train_bpe_tokenizer
 from palu.runs import MODEL_DIR, is_finished
 from palu.train.finetune import EarlyStop
+from palu.train.loop import TrainConfig
 
 log = logging.getLogger("tofu_mini")
 HOLDOUT = range(3400, 3600)  # authors 171-180 of full.json
@@ -56,6 +57,12 @@ MODEL_THREADS, PRETRAIN_THREADS = 1, 2  # per model process: fixed, so a rebuild
 VOCAB = 8000
 EVAL_OPTIONS = dict(batch_size=32, max_new_tokens=128, max_length=256)
 RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+
+
+def float32(train: TrainConfig) -> TrainConfig:
+    """Every TOFU-mini training step in float32: palu's default turns bf16 autocast on where the CPU
+    has bf16 instructions, which would make the models and trials depend on the machine."""
+    return replace(train, bf16="false")
 
 
 class Protocol:
@@ -132,7 +139,7 @@ class Protocol:
             return "scratch"
         if not is_finished(self.workdir / "pretrained"):
             start = time.time()
-            train = replace(scratch_train(), epochs=PRETRAIN_EPOCHS, warmup_epochs=0.1, max_length=256)
+            train = replace(float32(scratch_train()), epochs=PRETRAIN_EPOCHS, warmup_epochs=0.1, max_length=256)
             run_finetune(FinetuneConfig(model="scratch", tokenizer=str(self.tokenizer), data=self.general_text(),
                                         output_dir=str(self.workdir / "pretrained"), train=train),
                          resume=True, progress=False)
@@ -145,7 +152,7 @@ class Protocol:
     def train(self, name: str, data: DataSource, knows: DataSource) -> Path:
         start_from = self.pretrained()
         cfg = FinetuneConfig(model=start_from, tokenizer=str(self.tokenizer), data=[data, *self.general()],
-                             output_dir=str(self.workdir / name), train=scratch_train(),
+                             output_dir=str(self.workdir / name), train=float32(scratch_train()),
                              early_stop=EarlyStop(knows, prob=0.9, rouge=0.9, from_epoch=8))
         cfg.train.epochs = MAX_EPOCHS
         if is_finished(self.workdir / name):

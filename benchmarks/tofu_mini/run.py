@@ -27,7 +27,14 @@ import time
 from datetime import date
 from pathlib import Path
 
-import torch
+if platform.machine().lower() in ("x86_64", "amd64"):
+    # The same arithmetic on every x86-64 CPU (with float32 training, protocol.float32): torch's own
+    # kernels and MKL at AVX2 whatever the CPU offers, so a machine with AVX-512 or AMX rebuilds the
+    # models of an AVX2 machine and the equal stage's records carry over (read before torch loads).
+    os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+    os.environ.setdefault("MKL_CBWR", "AVX2")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import LRS, METHODS, Comparison, slug  # noqa: E402

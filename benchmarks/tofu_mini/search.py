@@ -20,7 +20,6 @@ from palu.commands.sweep import run_sweep
 from palu.commands.unlearn import Config as UnlearnConfig
 from palu.io import read_json
 from palu.methods import configure
-from palu.train.loop import TrainConfig
 
 
 def pareto(points: list[dict]) -> list[dict]:
@@ -64,7 +63,7 @@ def grid_points(cmp: Comparison, runs: list[tuple[Path, float]]) -> list[dict]:
 def run_search(cmp: Comparison, grid_runs: list[tuple[Path, float]], budget: int) -> dict:
     base = UnlearnConfig(model=str(cmp.p.model("full")), forget=cmp.forget_source("palu (GPT-4o spans)"),
                          retain=cmp.p.retain_set, method=configure(PALU), eval=cmp.epoch_sets(), select=RULE,
-                         train=TrainConfig(epochs=cmp.epochs, batch_size=8, warmup_epochs=1, max_length=256))
+                         train=cmp.unlearn_train())
     cfg = SweepConfig(unlearn=base, space={"lr": [1e-4, 3e-3]}, trials=budget,
                       output_dir=str(cmp.out / "sweep"))
     found = run_sweep(cfg)
