@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from test_sweep import demo, sweep_args  # noqa: F401, F811 (demo: the fixture)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "tofu_mini"))
 from compare import Comparison  # noqa: E402
-from equal import EqualSearch, records  # noqa: E402
+from equal import EqualSearch, difference, records  # noqa: E402
 from protocol import Protocol  # noqa: E402
 from scale import selected_point  # noqa: E402
 from trials import load_study, restore, snapshot  # noqa: E402
@@ -71,6 +72,17 @@ def _searching(search: EqualSearch, calls: list[str]) -> None:
         return entry
 
     search.search = search_once
+
+
+def test_a_replayed_trial_is_compared_with_its_record_value_by_value():
+    recorded = {1: {"forget_quality": 0.01, "model_utility": 0.80}, 2: {"forget_quality": 0.02, "model_utility": 0.85}}
+    start = {"epoch": 0, "forget_quality": 1e-12, "model_utility": 0.9}
+    same = [start, {"epoch": 1, **recorded[1]}, {"epoch": 2, **recorded[2]}]
+    assert difference(recorded, same) == 0.0
+    rounded = [start, {"epoch": 1, "forget_quality": 0.01, "model_utility": 0.80 * (1 + 4e-10)},
+               {"epoch": 2, "forget_quality": 0.02 * (1 - 3e-3), "model_utility": 0.85}]
+    assert difference(recorded, rounded) == pytest.approx(3e-3)  # the largest, relative, over both values
+    assert difference(recorded, rounded[:2]) == math.inf  # a recorded epoch the replay never reached
 
 
 def test_a_recorded_search_is_reused_not_run_again(protocol, tmp_path):
@@ -195,7 +207,8 @@ def test_an_unfinished_search_goes_on_in_a_later_sitting_and_its_selected_trial_
     again = EqualSearch(later, 2, ledger).run_all(["ga"])["table"]["ga"]["selected"]
     chosen = done["row"]["selected"]
     assert {k: again[k] for k in ("trial", "epoch", "settings")} == {k: chosen[k] for k in ("trial", "epoch", "settings")}
-    assert again["replayed"] == {"trial": chosen["trial"], "same_values": True}  # the same model, epoch by epoch
+    # the same machine trains the same model, epoch by epoch, value for value
+    assert again["replayed"] == {"trial": chosen["trial"], "same_values": True, "largest_difference": 0.0}
     assert again["run"].endswith(f"replay-{chosen['trial']:03d}")
     assert (later.out / again["run"] / "best").is_dir()
     assert not (later.out / "equal-2" / "ga" / f"trial-{chosen['trial']:03d}" / "best").exists()
