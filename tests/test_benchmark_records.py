@@ -185,8 +185,7 @@ class _DemoComparison:
     def start_run(self, folder: Path) -> None:
         Comparison.start_run(self, folder)
 
-    def unlearn_train(self, lr: float = 1e-5):
-        return Comparison.unlearn_train(self, lr)
+    unlearn_train = Comparison.unlearn_train
 
     def final(self, method: str, run: Path, best: dict, tag: str = "") -> dict:
         return {"final_on": str(run / "best")}
