@@ -6,7 +6,8 @@ from palu.eval.core import format_value
 
 COLUMNS = (("forget_quality", "forget quality"), ("model_utility", "model utility"),
            ("forget_Q_A_Prob", "forget Prob"), ("forget_Q_A_ROUGE", "forget ROUGE"),
-           ("exact_memorization", "forget EM"), ("fluency_token_prob", "fluency"), ("privleak", "privleak"))
+           ("forget_truth_ratio", "forget TR"), ("exact_memorization", "forget EM"),
+           ("fluency_token_prob", "fluency"), ("fluency_distinct_2", "distinct-2"), ("privleak", "privleak"))
 
 
 def cell(value) -> str:
