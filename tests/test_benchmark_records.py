@@ -102,6 +102,19 @@ def test_a_recorded_search_is_reused_not_run_again(protocol, tmp_path):
     assert read_json(later.ledger / "ga.json")["models"] == protocol.fingerprint()
 
 
+def test_a_table_so_far_holds_the_finished_searches_and_starts_none(protocol, tmp_path):
+    ledger, calls = tmp_path / "tofu_mini_equal", []
+    search = EqualSearch(_Comparison(protocol, tmp_path / "cache"), 8, ledger)
+    _searching(search, calls)
+    search.run_all(["npo"])
+    write_json(search.ledger / "ga.json", {k: v for k, v in _entry(search, "ga").items() if k != "row"})  # unfinished
+    found = search.run_all(["ga", "npo", "wga"], search=False)
+    assert calls == ["npo"]
+    assert list(found["table"]) == ["full", "retain", "npo"]
+    assert [p["method"] for p in found["plane"]] == ["npo"]
+    assert found["unsearched"] == ["ga", "wga"]
+
+
 def test_searches_on_other_weights_are_kept_apart(protocol, tmp_path):
     ledger, calls = tmp_path / "tofu_mini_equal", []
     search = EqualSearch(_Comparison(protocol, tmp_path / "cache"), 8, ledger)

@@ -203,21 +203,26 @@ class EqualSearch:
         """The method's ledger entry, searching first unless a finished search was recorded."""
         return self.recorded(method) or self.search(method, options)
 
-    def run_all(self, methods: list[str] | None = None) -> dict:
+    def run_all(self, methods: list[str] | None = None, search: bool = True) -> dict:
         """Every method's search (or only ``methods``: workers on two cores split the list, and a last
-        call without it gathers every finished search into the table)."""
-        table, plane = self.cmp.references(), []
+        call without it gathers every finished search into the table). With ``search`` false only the
+        searches finished so far join the table, and the others are listed as ``unsearched``: a
+        partial result while the stage runs over several sittings."""
+        table, plane, unsearched = self.cmp.references(), [], []
         for other in sorted(self.ledger.parent.glob("models-*")) if self.ledger else []:
             if other != self.ledger:
                 log.info("equal search: %d searches in %s ran on other models (rebuilt elsewhere); not used here",
                          len(list(other.glob("*.json"))), other)
         for method in methods or METHODS:
             log.info("equal search: %s", method)
-            entry = self.searched(method)
+            entry = self.searched(method) if search else self.recorded(method)
+            if entry is None:
+                unsearched.append(method)
+                continue
             table[method], plane = entry["row"], plane + entry["points"]
             write_json(self.out / "comparison.json", {"table": table, "front": pareto(plane), "plane": plane})
         result = {"table": table, "front": pareto(plane), "plane": plane, "trials": self.trials,
-                  "startup": self.startup}
+                  "startup": self.startup, "unsearched": unsearched}
         write_json(self.out / "comparison.json", result)
         return result
 

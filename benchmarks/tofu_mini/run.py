@@ -67,6 +67,8 @@ def main() -> None:
     p.add_argument("--equal-trials", type=int, default=8, help="sweep trials per method in the equal stage")
     p.add_argument("--methods", help="the equal stage for only these methods (comma-separated, as in the table), "
                                      "to split it between workers; the table is written without it")
+    p.add_argument("--so-far", action="store_true", help="with the equal stage: write its table from the searches "
+                                                         "finished so far, starting none (the rest are listed)")
     p.add_argument("--pretrain", action="store_true", help="the second regime: pretrain on general English first")
     p.add_argument("--pretrain-data", type=Path, default=ROOT.parent / "shared" / "data" / "muse_news" / "raw",
                    help="general text for --pretrain: *.jsonl of {\"text\"} (default: MUSE-News's BBC articles)")
@@ -128,8 +130,8 @@ def main() -> None:
         write_text(args.results, "\n\n".join([*sections, wall()]) + "\n")
         print(f"results in {args.results}")
     if "equal" in stages:  # its own file, so the stages above and this one can be rerun apart
-        found = EqualSearch(cmp, args.equal_trials, ledger(args.results)).run_all(methods)
-        if methods:
+        found = EqualSearch(cmp, args.equal_trials, ledger(args.results)).run_all(methods, search=not args.so_far)
+        if methods and not args.so_far:
             print(f"equal search done for {', '.join(methods)}; run without --methods for the table")
             return
         equal = args.results.with_name(f"{args.results.stem}_equal.md")
@@ -139,7 +141,9 @@ def main() -> None:
                   if row.get("selected")]
         here = [folder for folder in finals if (folder / "summary.json").is_file()]  # a recorded search's may be gone
         run_report([cmp.out / "eval-full", cmp.out / "eval-retain", *here], html)
-        write_text(equal, "\n\n".join([header(args, protocol), f"## Equal search: every method, {args.equal_trials} "
+        searched = (f"so far, {len(found['table']) - 2} of {len(found['table']) - 2 + len(found['unsearched'])} "
+                    "methods" if found["unsearched"] else "every method")
+        write_text(equal, "\n\n".join([header(args, protocol), f"## Equal search: {searched}, {args.equal_trials} "
                                         "sweep trials each", comparison_table(found["table"]), equal_summary(found),
                                         f"HTML report of the {len(here)} of {len(finals)} selected models "
                                         f"evaluated in {cmp.out}: `{html.name}`; every row: `{equal.stem}.json`.",
@@ -182,7 +186,7 @@ def header(args, protocol: Protocol) -> str:
     shown = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
     return (f"# TOFU-mini ({args.forget})\n\nCommand: `python benchmarks/tofu_mini/run.py --forget {args.forget} "
             f"--stages {args.stages} --budget {args.budget} --epochs {args.epochs} --equal-trials {args.equal_trials}"
-            f"{' --pretrain' if args.pretrain else ''} --results {shown}`\n\n"
+            f"{' --pretrain' if args.pretrain else ''}{' --so-far' if args.so_far else ''} --results {shown}`\n\n"
             f"Machine: {platform.machine()}, "
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}. Date: {date.today()}. "
             f"Models and runs: {protocol.workdir}. What the tables show: `benchmarks/tofu_mini/README.md`, Findings.")

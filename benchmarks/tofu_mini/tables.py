@@ -105,4 +105,7 @@ def equal_summary(found: dict) -> str:
              f"{cell(best['utility'])} ({best['method']}, {best['trial']})")
     start = (f" Each method's first {found['startup']} trials were TPE's random start, the other "
              f"{found['trials'] - found['startup']} drawn from its model of the study." if "startup" in found else "")
-    return "\n".join([*lines, "", f"Methods on the front: {', '.join(on_front) or 'none'}. {where}.{start}"])
+    rest = found.get("unsearched")
+    partial = (f" Still to be searched: {', '.join(rest)}; the front and the ranking hold only among the methods "
+               "above." if rest else "")
+    return "\n".join([*lines, "", f"Methods on the front: {', '.join(on_front) or 'none'}. {where}.{start}{partial}"])
