@@ -84,6 +84,8 @@ def main() -> None:
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     if unknown or not 1 <= args.budget <= 12:
         p.error(f"unknown stage {unknown[0]!r}" if unknown else "--budget must be between 1 and 12")
+    if args.so_far and "equal" not in stages:
+        p.error("--so-far writes the equal stage's table: add equal to --stages")
     if methods and set(methods) - set(METHODS):
         p.error(f"unknown method {sorted(set(methods) - set(METHODS))[0]!r}; choose from {', '.join(METHODS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
@@ -141,8 +143,9 @@ def main() -> None:
                   if row.get("selected")]
         here = [folder for folder in finals if (folder / "summary.json").is_file()]  # a recorded search's may be gone
         run_report([cmp.out / "eval-full", cmp.out / "eval-retain", *here], html)
-        searched = (f"so far, {len(found['table']) - 2} of {len(found['table']) - 2 + len(found['unsearched'])} "
-                    "methods" if found["unsearched"] else "every method")
+        asked = len(methods or METHODS)
+        searched = (f"so far, {asked - len(found['unsearched'])} of {asked} methods" if found["unsearched"]
+                    else "every method")
         write_text(equal, "\n\n".join([header(args, protocol), f"## Equal search: {searched}, {args.equal_trials} "
                                         "sweep trials each", comparison_table(found["table"]), equal_summary(found),
                                         f"HTML report of the {len(here)} of {len(finals)} selected models "
