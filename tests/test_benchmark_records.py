@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "tof
 from compare import Comparison  # noqa: E402
 from equal import EqualSearch, difference, records  # noqa: E402
 from protocol import Protocol  # noqa: E402
-from scale import selected_point  # noqa: E402
+from scale import latest_scale, scale_file, selected_point  # noqa: E402
 from trials import load_study, restore, snapshot  # noqa: E402
 
 from palu.commands.sweep import Config as SweepConfig  # noqa: E402
@@ -138,6 +139,18 @@ def test_the_selected_point_comes_from_the_record(protocol, tmp_path):
     search = EqualSearch(_Comparison(protocol, tmp_path), 8, tmp_path / "ledger")
     assert selected_point(_entry(search, "palu")) == {"forget_quality": 0.2, "utility": 0.9, "epoch": 2,
                                                       "settings": {"lr": 1e-4}, "forget_term_epoch_1": 7.5}
+
+
+def test_the_other_regime_finds_the_scale_result_where_its_stage_wrote_it(protocol, tmp_path):
+    """The other regime's models are not built here, so its result is found among any models' records."""
+    trials = records(tmp_path / "tofu_mini_pretrained_equal", 8)
+    assert latest_scale(trials) is None
+    ledger = EqualSearch(_Comparison(protocol, tmp_path), 8, tmp_path / "tofu_mini_pretrained_equal").ledger
+    old = scale_file(trials / "models-000000000000")
+    write_json(old, {"own": {}})
+    os.utime(old, (1, 1))
+    write_json(scale_file(ledger), {"own": {}})
+    assert latest_scale(trials) == scale_file(ledger)
 
 
 def test_a_search_whose_folder_is_gone_goes_on_from_its_recorded_trials(demo, tmp_path):  # noqa: F811

@@ -41,7 +41,7 @@ from compare import LRS, METHODS, Comparison, slug  # noqa: E402
 from equal import EqualSearch, records  # noqa: E402
 from grid import KS, NS, label, run_grid  # noqa: E402
 from protocol import Protocol  # noqa: E402
-from scale import check, scale_file, scale_table  # noqa: E402
+from scale import check, latest_scale, scale_table  # noqa: E402
 from search import run_search  # noqa: E402
 from tables import comparison_table, equal_summary, grid_table, peak_cell, search_summary, selected  # noqa: E402
 
@@ -153,10 +153,8 @@ def main() -> None:
                                         wall()]) + "\n")
         print(f"results in {equal}")
     if "scale" in stages:
-        here, other = (records(ledger(path), args.equal_trials)
-                       for path in (args.results, results_file(REGIMES[not args.pretrain])))
-        check(cmp, args.equal_trials, ledger(args.results), scale_file(other))
-        write_scale(args, protocol, scale_file(here), scale_file(other))
+        other = latest_scale(records(ledger(results_file(REGIMES[not args.pretrain])), args.equal_trials))
+        write_scale(args, protocol, check(cmp, args.equal_trials, ledger(args.results), other), other)
 
 
 def results_file(regime: str) -> Path:
@@ -168,11 +166,12 @@ def ledger(results: Path) -> Path:
     return results.with_name(f"{results.stem}_equal")
 
 
-def write_scale(args, protocol: Protocol, own: Path, other: Path) -> None:
-    """tofu_mini_scale.md from both regimes' scale.json (``other``: the other regime's, when it exists)."""
+def write_scale(args, protocol: Protocol, own: dict, other: Path | None) -> None:
+    """tofu_mini_scale.md from this regime's scale result and the other regime's scale.json (when it
+    exists)."""
     here, there = ("pretrained", "from scratch") if args.pretrain else ("from scratch", "pretrained")
-    regimes = {here: read_json(own)}
-    if other.is_file():
+    regimes = {here: own}
+    if other is not None:
         regimes[there] = read_json(other)
     out = ROOT / "benchmarks" / "results" / "tofu_mini_scale.md"
     write_text(out, "\n\n".join([

@@ -34,9 +34,19 @@ OFFICIAL, SCALED = "palu (GPT-4o spans)", "palu-scaled (GPT-4o spans)"
 VARIANTS = {OFFICIAL: {"name": "palu"}, SCALED: {"name": "palu", "forget_scale": "reference"}}
 
 
-def scale_file(records: Path) -> Path:
-    """Where a regime's scale stage writes its result (``records``: its equal-stage records)."""
-    return records / "scale.json"
+def scale_file(ledger: Path) -> Path:
+    """Where a regime's scale stage writes its result (``ledger``: its equal-stage records of one set of
+    models)."""
+    return ledger / "scale.json"
+
+
+def latest_scale(records: Path) -> Path | None:
+    """A regime's newest scale result among its records of any models (``records``: its ``trials-N``
+    folder): the other regime's models are not built here, so their name is not known."""
+    found = sorted(records.glob(f"models-*/{scale_file(Path()).name}"), key=lambda f: f.stat().st_mtime)
+    if len(found) > 1:
+        log.warning("scale: %d results in %s; the newest, %s, is used", len(found), records, found[-1])
+    return found[-1] if found else None
 
 
 def point(record: dict | None, history: list[dict]) -> dict | None:
@@ -60,7 +70,7 @@ def selected_point(entry: dict) -> dict | None:
 
 
 class ScaleCheck:
-    def __init__(self, equal: EqualSearch, other: Path):
+    def __init__(self, equal: EqualSearch, other: Path | None):
         self.equal, self.cmp, self.other = equal, equal.cmp, other
 
     def own(self) -> dict:
@@ -89,11 +99,10 @@ class ScaleCheck:
 
     def run(self) -> dict:
         result = {"own": self.own()}
-        if self.other.is_file():
+        if self.other is not None:
             result["transferred"] = self.transferred(read_json(self.other)["own"])
         else:
-            log.info("scale: %s does not exist yet; run the other regime's scale stage, then this one again",
-                     self.other)
+            log.info("scale: the other regime has no scale result yet; run its scale stage, then this one again")
         write_json(scale_file(self.equal.ledger), result)
         return result
 
@@ -114,7 +123,7 @@ def scale_table(regimes: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def check(cmp: Comparison, trials: int, ledger: Path, other: Path) -> dict:
+def check(cmp: Comparison, trials: int, ledger: Path, other: Path | None) -> dict:
     """The scale stage in this regime (``ledger``: its equal-stage records; ``other``: the other regime's
-    scale.json, whose settings are run here once it exists)."""
+    scale.json, whose settings are run here, or None while it has none)."""
     return ScaleCheck(EqualSearch(cmp, trials, ledger), other).run()
