@@ -32,18 +32,19 @@ from palu.train.selection import best_epoch
 log = logging.getLogger("tofu_mini")
 OFFICIAL, SCALED = "palu (GPT-4o spans)", "palu-scaled (GPT-4o spans)"
 VARIANTS = {OFFICIAL: {"name": "palu"}, SCALED: {"name": "palu", "forget_scale": "reference"}}
+RESULT = "scale.json"
 
 
 def scale_file(ledger: Path) -> Path:
     """Where a regime's scale stage writes its result (``ledger``: its equal-stage records of one set of
     models)."""
-    return ledger / "scale.json"
+    return ledger / RESULT
 
 
 def latest_scale(records: Path) -> Path | None:
     """A regime's newest scale result among its records of any models (``records``: its ``trials-N``
     folder): the other regime's models are not built here, so their name is not known."""
-    found = sorted(records.glob(f"models-*/{scale_file(Path()).name}"), key=lambda f: f.stat().st_mtime)
+    found = sorted(records.glob(f"models-*/{RESULT}"), key=lambda f: f.stat().st_mtime)
     if len(found) > 1:
         log.warning("scale: %d results in %s; the newest, %s, is used", len(found), records, found[-1])
     return found[-1] if found else None
